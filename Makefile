@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Each creates/refreshes .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned by range in pyproject; pip resolves them once per venv.
+STAMP_DEV := $(VENV)/.stamp-dev
+STAMP_DEMO := $(VENV)/.stamp-demo
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev,export,medical,agriculture]"
+	touch $@
+
+$(STAMP_DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[demo,export]"
+	touch $@
+
+test: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check core domains tests benchmarks
+
+demo: $(STAMP_DEMO)
+	$(BIN)/python -m core.demo
+
+clean:
+	rm -rf $(VENV) runs
