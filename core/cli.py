@@ -1,0 +1,64 @@
+"""``convnext-domains fit|validate|test|predict --config ...``: the LightningCLI entry point."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from core.data import ConvNeXtDataModule
+from core.task import ConvNeXtTask
+
+
+def default_precision() -> str:
+    """bf16 mixed precision where the GPU supports it; full fp32 on CPU (no fast bf16 there)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def trainer_defaults() -> dict[str, Any]:
+    return {
+        "precision": default_precision(),
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                   "init_args": {"save_dir": "runs"}},
+        "callbacks": [RichProgressBar()],
+    }
+
+
+class ConvNeXtCLI(LightningCLI):
+    """LightningCLI in subclass mode: any task and datamodule of this project by ``class_path``.
+
+    The datamodule's ``num_classes``, ``in_chans`` and ``class_names`` are linked into the
+    model so no YAML repeats them.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("num_classes", "in_chans", "class_names"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+def run_cli(args: list[str] | None = None) -> ConvNeXtCLI:
+    """Run the LightningCLI with ``args`` (default: ``sys.argv``) and return it."""
+    return ConvNeXtCLI(
+        ConvNeXtTask,
+        ConvNeXtDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args if args is not None else sys.argv[1:],
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    run_cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The base datamodule: sample sources, splits, normalisation statistics and dataloaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from core.splits import SPLITS, split_from_column, stratified_split
+from core.transforms import AugmentLevel, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+Channels = Literal["gray", "rgb"]
+
+
+class DataError(ValueError):
+    """Bad user data; the message names the file or value and how to fix it."""
+
+
+# ---- sample sources ------------------------------------------------------------------------
+class SampleSource:
+    """Picklable reader of labelled samples (sent to dataloader workers).
+
+    Subclasses fill ``ids`` (unique, printable, never patient identifiers), ``labels`` and
+    implement :meth:`read_image` returning HWC float32.
+    """
+
+    ids: list[str]
+    labels: np.ndarray  # (N,) class index, or (N, K) multi-hot
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, index: int) -> dict[str, Any]:
+        return {"image": self.read_image(index), "label": self.labels[index], "id": self.ids[index]}
+
+
+def scale_to_unit(array: np.ndarray) -> np.ndarray:
+    """Integer images to float32 in [0, 1] by their dtype's range; floats pass through."""
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        return (array.astype(np.float32) - info.min) / float(info.max - info.min)
+    return array.astype(np.float32)
+
+
+def read_image_file(path: str | Path, channels: Channels) -> np.ndarray:
+    """Read an image file as HWC float32 in [0, 1] with the expected channel layout."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                mode = img.mode
+            if mode in ("RGBA", "LA") and img.getextrema()[-1][0] == 255:
+                img = img.convert("RGB" if mode == "RGBA" else "L")  # fully opaque alpha carries nothing
+                mode = img.mode
+            array = np.asarray(img)
+            if mode == "I;16" or mode.startswith("I;16"):
+                array = array.astype(np.uint16)
+    except FileNotFoundError as err:
+        raise DataError(f"image file '{path}' does not exist; fix the path or remove it from the list") from err
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(
+            f"cannot read image '{path}' ({err}); the file is corrupt or not an image: replace or "
+            "delete it"
+        ) from err
+    found = 1 if array.ndim == 2 else array.shape[2]
+    wanted = 1 if channels == "gray" else 3
+    if found != wanted:
+        raise DataError(
+            f"image '{path}' has {found} channel(s) (mode {mode}) but the data module expects "
+            f"{wanted} (channels: {channels}); set data.init_args.channels to "
+            f"{'rgb' if found >= 3 else 'gray'} or convert the file"
+        )
+    array = scale_to_unit(array)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def detect_channels(path: str | Path) -> Channels:
+    """Guess gray/rgb from one image file's mode."""
+    try:
+        with Image.open(path) as img:
+            return "gray" if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else "rgb"
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"cannot read image '{path}' ({err}); replace or delete it") from err
+
+
+class ImageFileSource(SampleSource):
+    """Image files on disk with class-index labels."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, channels: Channels) -> None:
+        self.paths = [str(p) for p in paths]
+        self.ids = list(self.paths)
+        self.labels = np.asarray(labels)
+        self.channels = channels
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image_file(self.paths[index], self.channels)
+
+
+class ArraySource(SampleSource):
+    """Images already in memory as ``(N, H, W)`` or ``(N, H, W, C)`` arrays."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: Sequence[str]) -> None:
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.ids = list(ids)
+
+    def read_image(self, index: int) -> np.ndarray:
+        image = scale_to_unit(self.images[index])
+        return image[:, :, None] if image.ndim == 2 else image
+
+
+class TransformedDataset(Dataset):
+    """Applies an albumentations pipeline to samples of a source."""
+
+    def __init__(self, source: SampleSource, indices: np.ndarray, transform) -> None:
+        self.source, self.indices, self.transform = source, np.asarray(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.source.read(int(self.indices[i]))
+        sample["image"] = self.transform(image=sample["image"])["image"]
+        sample["label"] = torch.as_tensor(sample["label"])
+        return sample
+
+
+# ---- folder and manifest scanning ----------------------------------------------------------
+def scan_class_folders(
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[list[Path], list[str], list[str]]:
+    """``root/<class>/<file>`` layout -> (files, class name per file, sorted class names)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder '{root}' does not exist; set data.init_args.root to a folder "
+                        "with one sub-folder per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"'{root}' has {len(classes)} class folder(s) {classes}; a classifier needs "
+                        "at least two sub-folders, one per class (e.g. good/ and defect/)")
+    files, labels = [], []
+    for name in classes:
+        found = sorted(p for p in (root / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in extensions)
+        if not found:
+            raise DataError(f"class folder '{root / name}' holds no images ({', '.join(extensions)}); "
+                            "add images or remove the folder")
+        files += found
+        labels += [name] * len(found)
+    return files, labels, classes
+
+
+def read_manifest(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV manifest; relative paths are resolved against the manifest's folder."""
+    import csv
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"manifest '{path}' does not exist; set data.init_args.manifest to a CSV file")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0].keys()) if rows else []
+    missing = [c for c in required if c not in columns]
+    if not rows or missing:
+        raise DataError(f"manifest '{path}' needs columns {list(required)}; found {columns or 'no rows'}")
+    return rows
+
+
+def resolve_paths(rows: list[dict[str, str]], column: str, base: Path) -> list[Path]:
+    """Absolute paths from a manifest column; a missing file is an error naming its row."""
+    paths = []
+    for line, row in enumerate(rows, start=2):
+        p = Path(row[column]).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            raise DataError(f"manifest row {line} names '{row[column]}', which does not exist "
+                            f"(looked at {p}); fix the path or delete the row")
+        paths.append(p)
+    return paths
+
+
+# ---- the datamodule ------------------------------------------------------------------------
+class ConvNeXtDataModule(LightningDataModule):
+    """Base datamodule. Subclasses implement :meth:`build_source` (and set class names).
+
+    Args:
+        image_size: network input size (int or [h, w]).
+        batch_size: samples per batch.
+        num_workers: dataloader worker processes.
+        val_fraction: fraction of all samples for validation (ignored with given splits).
+        test_fraction: fraction of all samples for testing (ignored with given splits).
+        seed: split seed; the same seed and data give the same split.
+        mean: per-channel normalisation mean; ``None`` computes it on the training split.
+        std: per-channel normalisation std; ``None`` computes it on the training split.
+        augment: training augmentation level: none, flips, default or strong.
+        stats_samples: at most this many training samples are read to compute mean/std.
+        predict_paths: files or folders to predict on; default: the test split.
+    """
+
+    def __init__(
+        self,
+        image_size: int | list[int] = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 42,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        augment: AugmentLevel = "default",
+        stats_samples: int = 512,
+        predict_paths: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.mean, self.std = mean, std
+        self._source: SampleSource | None = None
+        self.splits: dict[str, np.ndarray] | None = None
+        self.class_names: list[str] = []
+
+    # -- what subclasses provide --
+    def build_source(self) -> SampleSource:
+        """Create the sample source and set ``self.class_names``."""
+        raise NotImplementedError
+
+    def strata(self) -> Sequence:
+        """Per-sample stratification key; default the label."""
+        labels = self.source.labels
+        return [tuple(row) for row in labels] if labels.ndim > 1 else list(labels)
+
+    def groups(self) -> Sequence | None:
+        """Per-sample group key (patient, block) kept within one split; default none."""
+        return None
+
+    def given_split(self) -> Sequence[str] | None:
+        """Per-sample split names when the data fixes them; default none (random split)."""
+        return None
+
+    def predict_source(self, paths: list[Path]) -> SampleSource:
+        raise NotImplementedError(f"{type(self).__name__} cannot predict on files")
+
+    # -- derived facts linked to the model --
+    @property
+    def source(self) -> SampleSource:
+        if self._source is None:
+            self._source = self.build_source()
+        return self._source
+
+    @property
+    def num_classes(self) -> int:
+        _ = self.source
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.source.read_image(0).shape[2])
+
+    @property
+    def positive_classes(self) -> list[str] | None:
+        """Classes whose probability makes the binary decision score; None = task default."""
+        return None
+
+    # -- splits and statistics --
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            given = self.given_split()
+            if given is not None:
+                self.splits = split_from_column(given)
+            else:
+                h = self.hparams
+                self.splits = stratified_split(self.strata(), h.val_fraction, h.test_fraction,
+                                               h.seed, self.groups())
+            sizes = {s: len(v) for s, v in self.splits.items()}
+            log.info("split sizes %s", sizes)
+            if sizes["train"] == 0:
+                raise DataError(f"the training split is empty ({sizes}); add data or lower "
+                                "val_fraction/test_fraction")
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        self.setup()
+        return self.splits["train"]
+
+    def train_class_counts(self) -> list[int]:
+        labels = self.source.labels[self.train_indices]
+        if labels.ndim > 1:
+            return labels.sum(axis=0).astype(int).tolist()
+        return np.bincount(labels.astype(int), minlength=self.num_classes).tolist()
+
+    def compute_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std over (a seeded sample of) the training split's pixels."""
+        idx = self.train_indices
+        rng = np.random.default_rng(self.hparams.seed)
+        if len(idx) > self.hparams.stats_samples:
+            idx = rng.choice(idx, self.hparams.stats_samples, replace=False)
+        total = total_sq = count = 0
+        for i in idx:
+            img = self.source.read_image(int(i)).astype(np.float64)
+            flat = img.reshape(-1, img.shape[2])
+            flat = flat[np.isfinite(flat).all(axis=1)]
+            total = total + flat.sum(axis=0)
+            total_sq = total_sq + (flat**2).sum(axis=0)
+            count += flat.shape[0]
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        std = np.where(std < 1e-6, 1.0, std)  # constant channels: avoid division by ~0
+        return mean.tolist(), std.tolist()
+
+    def ensure_stats(self) -> None:
+        if self.mean is None or self.std is None:
+            self.mean, self.std = self.compute_stats()
+            log.info("normalisation from training split: mean %s std %s", self.mean, self.std)
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if len(value) != self.in_chans:
+                raise DataError(f"{name} has {len(value)} values but images have {self.in_chans} "
+                                f"channel(s); give one {name} per channel or leave it unset")
+
+    # -- dataloaders --
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, drop_last=False,
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+
+    def dataset(self, split: str) -> TransformedDataset:
+        self.setup()
+        self.ensure_stats()
+        h = self.hparams
+        transform = (train_transform(h.image_size, self.mean, self.std, h.augment) if split == "train"
+                     else eval_transform(h.image_size, self.mean, self.std))
+        return TransformedDataset(self.source, self.splits[split], transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.hparams.predict_paths:
+            return self.test_dataloader()
+        files: list[Path] = []
+        for item in self.hparams.predict_paths:
+            p = Path(item).expanduser()
+            if p.is_dir():
+                files += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise DataError(f"predict path '{p}' does not exist")
+        if not files:
+            raise DataError(f"no images found in predict_paths {self.hparams.predict_paths}")
+        self.ensure_stats()
+        source = self.predict_source(files)
+        transform = eval_transform(self.hparams.image_size, self.mean, self.std)
+        return self._loader(TransformedDataset(source, np.arange(len(source)), transform), False)
+
+    # -- the preprocessing contract --
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything prediction needs to reproduce training's input pipeline."""
+        return {
+            "in_chans": self.in_chans,
+            "image_size": self.hparams.image_size,
+            "mean": list(map(float, self.mean)) if self.mean is not None else None,
+            "std": list(map(float, self.std)) if self.std is not None else None,
+            "class_names": list(self.class_names),
+            "input_scaling": "integer images divided by their dtype's maximum (uint8: 255)",
+        }
+
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        return {s: int(len(self.splits[s])) for s in SPLITS}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Statistics of the run being resumed or evaluated win over a fresh computation.
+        if state_dict.get("mean") is not None:
+            self.mean, self.std = state_dict["mean"], state_dict["std"]

@@ -1,0 +1,56 @@
+"""The ConvNeXt fine-tuning recipe: AdamW param groups with layer-wise lr decay, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from timm.optim import param_groups_layer_decay
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def recipe_param_groups(
+    backbone: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    extra: Iterable[nn.Module] = (),
+) -> list[dict]:
+    """Parameter groups for AdamW.
+
+    The backbone's groups come from timm (ConvNeXt's ``group_matcher``): stage ``i`` gets
+    ``lr * layer_decay ** (depth - i)``, so early layers move less than the classifier.
+    Norms, biases and other 1-D tensors get no weight decay. Modules in ``extra`` (task heads
+    outside the timm model) train at the full ``lr``.
+    """
+    groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale", 1.0)
+    decay, no_decay = [], []
+    for module in extra:
+        for p in module.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "lr": lr})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+    return groups
+
+
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.01
+) -> LambdaLR:
+    """Linear warmup from ~0 to each group's lr, then cosine decay to ``min_lr_ratio`` of it."""
+    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,207 @@
+"""The shared Lightning task: ConvNeXt backbone, the fine-tuning recipe and one step for all splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torchmetrics import MetricCollection
+
+from core.backbone import ConvNeXtBackbone
+from core.recipe import recipe_param_groups, warmup_cosine
+
+STAGES = ("train", "val", "test")
+
+
+class ConvNeXtTask(LightningModule):
+    """Base task. Subclasses override the small hooks, never the steps.
+
+    Hooks: :meth:`configure_models` (backbone + head), :meth:`configure_losses`,
+    :meth:`build_metrics` (one collection, cloned per split), :meth:`compute_loss`,
+    :meth:`update_metrics`. Class attributes pick the target key and the monitored metric.
+
+    Args:
+        backbone: timm ConvNeXt name.
+        depths: custom blocks per stage (overrides the variant).
+        dims: custom channels per stage.
+        in_chans: input channels (linked from the datamodule by the CLI).
+        num_classes: number of outputs (linked from the datamodule by the CLI).
+        class_names: output names (linked from the datamodule by the CLI).
+        pretrained: ``False``, ``True`` (timm hub, needs network) or a local weights file.
+        drop_path_rate: stochastic depth.
+        lr: peak learning rate of the head; earlier layers get ``lr * layer_decay**depth``.
+        weight_decay: AdamW weight decay (never applied to norms and biases).
+        layer_decay: layer-wise lr decay; ``None`` means 0.8 with pretrained weights and 1.0
+            (off) from scratch, where early layers hold nothing worth protecting.
+        warmup_epochs: linear warmup length (fractions allowed), then cosine decay.
+        min_lr_ratio: final lr as a fraction of the peak.
+        betas: AdamW betas.
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.999) used for
+            validation, testing and the final weights; ``None`` disables it.
+        freeze_backbone_epochs: train only the head for the first N epochs.
+    """
+
+    target_key: str = "label"
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(
+        self,
+        backbone: str = "convnext_atto",
+        depths: Sequence[int] | None = None,
+        dims: Sequence[int] | None = None,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        class_names: Sequence[str] | None = None,
+        pretrained: bool | str = False,
+        drop_path_rate: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        layer_decay: float | None = None,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ema_decay: float | None = None,
+        freeze_backbone_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Build ``self.backbone`` (a :class:`ConvNeXtBackbone`) and any head modules."""
+        h = self.hparams
+        self.backbone = ConvNeXtBackbone(
+            h.backbone, h.depths, h.dims, in_chans=h.in_chans, num_classes=h.num_classes,
+            drop_path_rate=h.drop_path_rate, pretrained=h.pretrained,
+        )
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules outside the timm model (e.g. a segmentation decoder): full lr, never frozen."""
+        return []
+
+    def configure_losses(self) -> None:
+        raise NotImplementedError
+
+    def build_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def configure_metrics(self) -> None:
+        metrics = self.build_metrics()
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        return self.criterion(outputs, target)
+
+    def update_metrics(self, stage: str, outputs: Tensor, target: Tensor) -> None:
+        self._metrics(stage).update(outputs, target)
+
+    def on_stage_epoch_end(self, stage: str, values: dict[str, float]) -> None:
+        """Called after each val/test epoch with the logged values; add operating points, reports."""
+
+    # ---- steps ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def _metrics(self, stage: str) -> MetricCollection:
+        return getattr(self, f"{stage}_metrics")
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        x, target = batch["image"], batch[self.target_key]
+        outputs = self(x)
+        loss = self.compute_loss(outputs, target)
+        if stage == "train" and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}. Lower model.init_args.lr (now {self.hparams.lr}), check the "
+                "input data for NaN/inf values, or give explicit data normalisation mean/std."
+            )
+        self.update_metrics(stage, outputs.detach(), target)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
+                 prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> dict[str, float]:
+        metrics = self._metrics(stage)
+        if next(iter(metrics.values())).update_count == 0:  # e.g. a val epoch with no batches
+            return {}
+        values = {k: v for k, v in metrics.compute().items() if v.numel() == 1}
+        self.log_dict(values)
+        metrics.reset()
+        return {k: float(v) for k, v in values.items()}
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.on_stage_epoch_end("val", self._log_epoch("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self.on_stage_epoch_end("test", self._log_epoch("test"))
+
+    # ---- recipe --------------------------------------------------------------------------
+    @property
+    def effective_layer_decay(self) -> float:
+        if self.hparams.layer_decay is not None:
+            return float(self.hparams.layer_decay)
+        return 0.8 if self.hparams.pretrained not in (False, None, "", "false") else 1.0
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        groups = recipe_param_groups(
+            self.backbone.model, h.lr, h.weight_decay, self.effective_layer_decay,
+            extra=self.head_modules(),
+        )
+        optimizer = AdamW(groups, lr=h.lr, betas=tuple(h.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = int(round(total * h.warmup_epochs / epochs))
+        scheduler = warmup_cosine(optimizer, warmup, total, h.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        callbacks: list[Callback] = [
+            ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode, save_last=True,
+                            filename="best-{epoch}-{step}"),
+        ]
+        if self.trainer.loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.hparams.ema_decay:
+            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+        return callbacks
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        head = {id(p) for p in self.backbone.head_parameters()}
+        for p in self.backbone.parameters():
+            if id(p) not in head:
+                p.requires_grad_(not frozen)
+
+    # ---- the preprocessing contract travels with the checkpoint ---------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        contract = getattr(datamodule, "preprocessing", None)
+        if callable(contract):
+            checkpoint["preprocessing"] = contract()

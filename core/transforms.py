@@ -1,0 +1,58 @@
+"""Albumentations pipelines: augment for training, resize + normalise for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+AugmentLevel = Literal["none", "flips", "default", "strong"]
+
+
+def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
+    # Readers return float32 already scaled to [0, 1] (or physical units), hence max_pixel_value=1.
+    return A.Normalize(mean=list(mean), std=list(std), max_pixel_value=1.0)
+
+
+def train_transform(
+    image_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: AugmentLevel = "default",
+) -> A.Compose:
+    """Training pipeline. ``augment`` picks how much: flips only, or crops/affine/intensity too.
+
+    Geometric transforms work on any channel count (multispectral included); intensity changes
+    are applied to all channels together so band ratios stay meaningful.
+    """
+    h, w = _size(image_size)
+    ops: list = []
+    if augment in ("default", "strong"):
+        scale = (0.6, 1.0) if augment == "strong" else (0.8, 1.0)
+        ops.append(A.RandomResizedCrop(size=(h, w), scale=scale, ratio=(0.8, 1.25)))
+    else:
+        ops.append(A.Resize(h, w))
+    if augment != "none":
+        ops += [A.HorizontalFlip(), A.VerticalFlip()]
+    if augment in ("default", "strong"):
+        ops.append(A.RandomBrightnessContrast(0.1, 0.1, p=0.5))
+    if augment == "strong":
+        ops += [A.RandomRotate90(), A.Affine(rotate=(-15, 15), p=0.5), A.GaussNoise(p=0.2)]
+    return A.Compose([*ops, _normalize(mean, std), ToTensorV2()])
+
+
+def eval_transform(
+    image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float]
+) -> A.Compose:
+    """Evaluation/prediction pipeline: resize and normalise only."""
+    h, w = _size(image_size)
+    return A.Compose([A.Resize(h, w), _normalize(mean, std), ToTensorV2()])
