@@ -27,7 +27,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check core domains tests benchmarks
 
 demo: $(STAMP_DEMO)
-	$(BIN)/python -m core.demo
+	$(BIN)/python -m domains.manufacturing.demo
 
 clean:
 	rm -rf $(VENV) runs

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import (
@@ -24,6 +25,7 @@ from torchmetrics.classification import (
 )
 
 from core import operating_point as op
+from core.prediction_writer import ClassificationCSVWriter
 from core.reporting import write_classification_report
 from core.task import ConvNeXtTask
 
@@ -100,13 +102,8 @@ class ClassificationTask(ConvNeXtTask):
                     f"class_weights has {len(weights)} entries for {self.hparams.num_classes} classes"
                 )
             weight = torch.tensor(weights, dtype=torch.float32)
-        self._set_criterion(weight)
-
-    def _set_criterion(self, weight: Tensor | None) -> None:
-        if self.multilabel:
-            self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
-        else:
-            self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=self.hparams.label_smoothing)
+        # Not persistent: "balanced" weights are derived from the data, not learned state.
+        self.register_buffer("class_weight", weight, persistent=False)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer else None
@@ -115,14 +112,14 @@ class ClassificationTask(ConvNeXtTask):
             # Saved in the hyperparameters so a reloaded checkpoint decides the same way.
             self.hparams.positive_classes = list(given)
             self.positive_index = self._resolve_positive(given)
-        if self.hparams.class_weights == "balanced" and stage == "fit":
-            counts = torch.as_tensor(self.trainer.datamodule.train_class_counts(), dtype=torch.float32)
-            if self.multilabel:
-                weight = (len(self.trainer.datamodule.train_indices) - counts) / counts.clamp(min=1)
+        if self.hparams.class_weights == "balanced" and hasattr(datamodule, "train_class_counts"):
+            counts = torch.as_tensor(datamodule.train_class_counts(), dtype=torch.float32)
+            if self.multilabel:  # BCE pos_weight: negatives per positive
+                weight = (len(datamodule.train_indices) - counts) / counts.clamp(min=1)
             else:
                 weight = counts.sum() / (len(counts) * counts.clamp(min=1))
-            log.info("balanced class weights %s", weight.tolist())
-            self._set_criterion(weight.to(self.device))
+            log.info("balanced class weights %s", [round(w, 4) for w in weight.tolist()])
+            self.class_weight = weight.to(self.device)
 
     def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         if self.multilabel:
@@ -130,7 +127,9 @@ class ClassificationTask(ConvNeXtTask):
             eps = self.hparams.label_smoothing
             if eps:
                 target = target * (1 - eps) + 0.5 * eps
-        return self.criterion(outputs, target)
+            return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=self.class_weight)
+        return F.cross_entropy(outputs, target, weight=self.class_weight,
+                               label_smoothing=self.hparams.label_smoothing)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
@@ -192,7 +191,9 @@ class ClassificationTask(ConvNeXtTask):
             rates = op.rates_at_threshold(scores, positive, threshold)
             named = {self.operating_point_names[k]: v for k, v in rates.items()
                      if k in self.operating_point_names}
-            self.log_dict({f"{stage}/{k}": v for k, v in named.items() if not math.isnan(v)})
+            logged = {f"{stage}/{k}": v for k, v in named.items() if not math.isnan(v)}
+            self.log_dict(logged)
+            values = {**values, **logged}
             report = {"operating_point": {
                 "rule": f"positive if P({'+'.join(self.class_names[i] for i in self.positive_index)}) >= threshold",
                 "target_recall": self.hparams.target_recall, **named,
@@ -214,10 +215,13 @@ class ClassificationTask(ConvNeXtTask):
         self.threshold.fill_(value)
 
     # ---- prediction ----------------------------------------------------------------------
+    def prediction_writer(self) -> ClassificationCSVWriter:
+        return ClassificationCSVWriter()
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         probs = self.probabilities(self(batch["image"])).float()
         out: dict[str, Any] = {"id": list(batch.get("id", [])), "probs": probs.cpu(),
-                               "class_names": self.class_names}
+                               "class_names": self.class_names, "multilabel": self.multilabel}
         if self.has_operating_point:
             threshold = float(self.threshold) if not torch.isnan(self.threshold) else 0.5
             scores = self.decision_scores(probs)

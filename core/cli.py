@@ -41,8 +41,12 @@ class ConvNeXtCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 
-def run_cli(args: list[str] | None = None) -> ConvNeXtCLI:
-    """Run the LightningCLI with ``args`` (default: ``sys.argv``) and return it."""
+def run_cli(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
+    """Run the LightningCLI with ``args`` (default: ``sys.argv``) and return it.
+
+    With ``run=False`` the CLI only instantiates trainer, model and datamodule (no subcommand
+    in ``args``), for scripts that drive several stages with one trainer.
+    """
     return ConvNeXtCLI(
         ConvNeXtTask,
         ConvNeXtDataModule,
@@ -52,6 +56,7 @@ def run_cli(args: list[str] | None = None) -> ConvNeXtCLI:
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args if args is not None else sys.argv[1:],
+        run=run,
     )
 
 

@@ -60,10 +60,16 @@ def stratified_split(
     rng = np.random.default_rng(seed)
     fractions = [1 - val_fraction - test_fraction, val_fraction, test_fraction]
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    seen, assigned = 0, [0, 0, 0]
     for stratum in sorted(by_stratum):
         group_keys = sorted(by_stratum[stratum], key=str)
         order = rng.permutation(len(group_keys))
-        counts = _allocate(len(group_keys), fractions)
+        # Allocate against the running total so per-stratum rounding does not pile up.
+        seen += len(group_keys)
+        counts = [t - a for t, a in zip(_allocate(seen, fractions), assigned, strict=True)]
+        if min(counts) < 0:
+            counts = _allocate(len(group_keys), fractions)
+        assigned = [a + c for a, c in zip(assigned, counts, strict=True)]
         start = 0
         for split, count in zip(SPLITS, counts, strict=True):
             for j in order[start : start + count]:

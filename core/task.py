@@ -103,6 +103,10 @@ class ConvNeXtTask(LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
+    def prediction_writer(self) -> Callback | None:
+        """Callback that writes ``predict`` results to the run's log directory."""
+        return None
+
     def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         return self.criterion(outputs, target)
 
@@ -182,10 +186,13 @@ class ConvNeXtTask(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[Callback]:
-        callbacks: list[Callback] = [
-            ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode, save_last=True,
-                            filename="best-{epoch}-{step}"),
-        ]
+        callbacks: list[Callback] = []
+        if self.trainer.checkpoint_callback is not None:  # respect enable_checkpointing=False
+            callbacks.append(ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode,
+                                             save_last=True, filename="best-{epoch}-{step}"))
+        writer = self.prediction_writer()
+        if writer is not None:
+            callbacks.append(writer)
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.ema_decay:
