@@ -25,18 +25,27 @@ def recipe_param_groups(
     Norms, biases and other 1-D tensors get no weight decay. Modules in ``extra`` (task heads
     outside the timm model) train at the full ``lr``.
     """
-    groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=layer_decay)
-    for group in groups:
-        group["lr"] = lr * group.pop("lr_scale", 1.0)
+    merged: dict[tuple[float, float], dict] = {}
+    for group in param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=layer_decay):
+        # Groups with the same lr and decay are merged (all of them when layer_decay == 1).
+        key = (group.get("lr_scale", 1.0), group["weight_decay"])
+        merged.setdefault(key, {"params": [], "weight_decay": key[1], "lr": lr * key[0]})
+        merged[key]["params"] += list(group["params"])
+    scales = sorted({scale for scale, _ in merged})
+    groups = []
+    for (scale, wd), group in merged.items():
+        # Names make the LR monitor's columns readable: layer0 is the stem.
+        group["name"] = f"layer{scales.index(scale)}" + ("" if wd else "_no_wd")
+        groups.append(group)
     decay, no_decay = [], []
     for module in extra:
         for p in module.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
     if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, "lr": lr})
+        groups.append({"params": decay, "weight_decay": weight_decay, "lr": lr, "name": "head"})
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": "head_no_wd"})
     return groups
 
 

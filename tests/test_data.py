@@ -154,7 +154,7 @@ def test_elpv_protocol_and_label_modes(fake_elpv):
 def test_elpv_without_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "elpv_dataset", None)
     with pytest.raises(DataError, match=r"pip install 'convnext-domains\[demo\]'"):
-        ELPVDataModule().num_classes
+        _ = ELPVDataModule().num_classes
 
 
 def test_predict_paths_read_files_and_folders(defect_folder, tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from core.data import (
+    IMAGE_EXTENSIONS,
     Channels,
     ConvNeXtDataModule,
     DataError,
@@ -32,6 +33,8 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         channels: ``gray`` or ``rgb``; default detected from the first image.
         good_class: the defect-free class; every other class counts as a defect for the
             operating point.
+        extensions: image file endings to use in class folders (e.g. ``[.jpg]`` when masks
+            stored as .png sit beside the images); default all common image types.
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
     """
 
@@ -41,6 +44,7 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         manifest: str | None = None,
         channels: Channels | None = None,
         good_class: str = "good",
+        extensions: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -52,7 +56,9 @@ class DefectFolderDataModule(ConvNeXtDataModule):
     def build_source(self) -> ImageFileSource:
         h = self.hparams
         if h.root is not None:
-            files, names, classes = scan_class_folders(h.root)
+            files, names, classes = scan_class_folders(
+                h.root, [e.lower() if e.startswith(".") else f".{e.lower()}" for e in h.extensions]
+                if h.extensions else IMAGE_EXTENSIONS)
         else:
             rows = read_manifest(h.manifest, ["path", "label"])
             files = resolve_paths(rows, "path", Path(h.manifest).expanduser().parent)
