@@ -231,11 +231,11 @@ class ConvNeXtDataModule(LightningDataModule):
         self.mean, self.std = mean, std
         self._source: SampleSource | None = None
         self.splits: dict[str, np.ndarray] | None = None
-        self.class_names: list[str] = []
+        self._class_names: list[str] = []
 
     # -- what subclasses provide --
     def build_source(self) -> SampleSource:
-        """Create the sample source and set ``self.class_names``."""
+        """Create the sample source and set ``self._class_names``."""
         raise NotImplementedError
 
     def strata(self) -> Sequence:
@@ -262,8 +262,12 @@ class ConvNeXtDataModule(LightningDataModule):
         return self._source
 
     @property
-    def num_classes(self) -> int:
+    def class_names(self) -> list[str]:
         _ = self.source
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
         return len(self.class_names)
 
     @property

@@ -46,7 +46,7 @@ def test_given_split_column_is_validated():
 def test_folder_datamodule_reads_classes_and_links(defect_folder):
     dm = DefectFolderDataModule(root=str(defect_folder), image_size=32, batch_size=4,
                                 val_fraction=0.25, test_fraction=0.25)
-    assert dm.class_names == [] and dm.num_classes == 2
+    assert dm.class_names == ["good", "scratch"] and dm.num_classes == 2
     assert dm.class_names == ["good", "scratch"]
     assert dm.in_chans == 1
     assert dm.positive_classes == ["scratch"]
@@ -139,7 +139,7 @@ def fake_elpv(tmp_path, monkeypatch):
 def test_elpv_protocol_and_label_modes(fake_elpv):
     probs, types = fake_elpv
     dm = ELPVDataModule(image_size=32)
-    assert dm.class_names == [] and dm.num_classes == 2 and dm.in_chans == 1
+    assert dm.num_classes == 2 and dm.in_chans == 1
     assert dm.positive_classes == ["defective"]
     sizes = dm.split_sizes()
     assert sizes == {"train": 52, "val": 8, "test": 20}  # 25% test, val carved from the rest

@@ -64,9 +64,9 @@ class ELPVDataModule(ConvNeXtDataModule):
         keep = [i for i, t in enumerate(types) if self.hparams.cell_type in ("all", t)]
         levels = np.rint(probs[keep] * 3).astype(int)  # 0, 1/3, 2/3, 1 -> 0..3
         if self.hparams.label_mode == "binary":
-            labels, self.class_names = (probs[keep] >= 0.5).astype(int), list(BINARY_CLASSES)
+            labels, self._class_names = (probs[keep] >= 0.5).astype(int), list(BINARY_CLASSES)
         else:
-            labels, self.class_names = levels, list(FOUR_CLASSES)
+            labels, self._class_names = levels, list(FOUR_CLASSES)
         self.cell_types = [types[i] for i in keep]
         self._levels = levels
         return ImageFileSource([paths[i] for i in keep], labels, channels="gray")

@@ -68,7 +68,7 @@ class DefectFolderDataModule(ConvNeXtDataModule):
                 raise DataError(f"manifest '{h.manifest}' has labels {classes}; at least two classes needed")
             if "split" in rows[0]:
                 self._given_split = [r["split"].strip() for r in rows]
-        self.class_names = classes
+        self._class_names = classes
         channels = h.channels or detect_channels(files[0])
         labels = np.array([classes.index(n) for n in names], dtype=np.int64)
         return ImageFileSource(files, labels, channels)
