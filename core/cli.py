@@ -32,12 +32,12 @@ def trainer_defaults() -> dict[str, Any]:
 class ConvNeXtCLI(LightningCLI):
     """LightningCLI in subclass mode: any task and datamodule of this project by ``class_path``.
 
-    The datamodule's ``num_classes``, ``in_chans`` and ``class_names`` are linked into the
+    The datamodule's ``num_classes``, ``in_chans``, ``class_names`` and ``channel_names`` are linked into the
     model so no YAML repeats them.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in ("num_classes", "in_chans", "class_names"):
+        for name in ("num_classes", "in_chans", "class_names", "channel_names"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 

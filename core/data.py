@@ -275,6 +275,11 @@ class ConvNeXtDataModule(LightningDataModule):
         return int(self.source.read_image(0).shape[2])
 
     @property
+    def channel_names(self) -> list[str] | None:
+        """Names of the input channels (bands); None when they carry no meaning."""
+        return None
+
+    @property
     def positive_classes(self) -> list[str] | None:
         """Classes whose probability makes the binary decision score; None = task default."""
         return None

@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 
 from core.backbone import ConvNeXtBackbone
 from core.recipe import recipe_param_groups, warmup_cosine
+from core.weights import rgb_index_from_names
 
 STAGES = ("train", "val", "test")
 
@@ -32,6 +33,8 @@ class ConvNeXtTask(LightningModule):
         in_chans: input channels (linked from the datamodule by the CLI).
         num_classes: number of outputs (linked from the datamodule by the CLI).
         class_names: output names (linked from the datamodule by the CLI).
+        channel_names: input channel names, e.g. bands (linked from the datamodule); channels
+            named red/green/blue (R/G/B, B4/B3/B2) get the matching pretrained stem filters.
         pretrained: ``False``, ``True`` (timm hub, needs network) or a local weights file.
         drop_path_rate: stochastic depth.
         lr: peak learning rate of the head; earlier layers get ``lr * layer_decay**depth``.
@@ -58,6 +61,7 @@ class ConvNeXtTask(LightningModule):
         in_chans: int = 3,
         num_classes: int = 2,
         class_names: Sequence[str] | None = None,
+        channel_names: Sequence[str] | None = None,
         pretrained: bool | str = False,
         drop_path_rate: float = 0.1,
         lr: float = 1e-3,
@@ -81,10 +85,15 @@ class ConvNeXtTask(LightningModule):
     # ---- hooks ---------------------------------------------------------------------------
     def configure_models(self) -> None:
         """Build ``self.backbone`` (a :class:`ConvNeXtBackbone`) and any head modules."""
+        self.backbone = self.build_backbone(num_classes=self.hparams.num_classes)
+
+    def build_backbone(self, num_classes: int) -> ConvNeXtBackbone:
+        """The configured ConvNeXt; ``num_classes=0`` for tasks with their own head."""
         h = self.hparams
-        self.backbone = ConvNeXtBackbone(
-            h.backbone, h.depths, h.dims, in_chans=h.in_chans, num_classes=h.num_classes,
+        return ConvNeXtBackbone(
+            h.backbone, h.depths, h.dims, in_chans=h.in_chans, num_classes=num_classes,
             drop_path_rate=h.drop_path_rate, pretrained=h.pretrained,
+            rgb_index=rgb_index_from_names(h.channel_names),
         )
 
     def head_modules(self) -> list[nn.Module]:

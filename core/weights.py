@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -116,6 +116,22 @@ def strip_prefixes(state_dict: dict[str, Tensor], expected: set[str]) -> dict[st
             current = {k: v for k, v in current.items() if k.startswith(prefix)}
         current = {k[len(prefix) :]: v for k, v in current.items()}
     return current
+
+
+RGB_ALIASES = {
+    0: {"r", "red", "b4"},  # B4/B3/B2: Sentinel-2 and Landsat 8/9 band numbers
+    1: {"g", "green", "b3"},
+    2: {"b", "blue", "b2"},
+}
+
+
+def rgb_index_from_names(names: Sequence[str] | None) -> list[int | None] | None:
+    """Per channel 0/1/2 for red/green/blue (by name), else None; None when no name matches."""
+    if not names:
+        return None
+    index = [next((i for i, aliases in RGB_ALIASES.items() if n.strip().lower() in aliases), None)
+             for n in names]
+    return index if any(i is not None for i in index) else None
 
 
 def adapt_stem(weight: Tensor, in_chans: int, rgb_index: list[int | None] | None = None) -> Tensor:

@@ -95,3 +95,25 @@ def test_hub_probe_gives_up_on_its_timeout(monkeypatch):
     start = time.perf_counter()
     assert weights.hub_reachable(timeout=0.2) is False
     assert time.perf_counter() - start < 20  # returned long before the 30 s hang ended
+
+
+def test_rgb_index_from_band_names():
+    assert weights.rgb_index_from_names(["B2", "B3", "B4", "B8"]) == [2, 1, 0, None]
+    assert weights.rgb_index_from_names(["red", "Green", "BLUE"]) == [0, 1, 2]
+    assert weights.rgb_index_from_names(["SWIR1", "NDVI"]) is None
+    assert weights.rgb_index_from_names(None) is None
+
+
+def test_band_names_pick_rgb_filters_when_loading_weights(tmp_path):
+    from core.classification import ClassificationTask
+
+    source = ConvNeXtBackbone(**TINY, in_chans=3)
+    path = tmp_path / "rgb.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    rgb = source.model.state_dict()["stem.0.weight"]
+    task = ClassificationTask(**TINY, in_chans=4, num_classes=2, pretrained=str(path),
+                              channel_names=["B4", "B3", "B2", "B8"])
+    stem = task.backbone.model.stem[0].weight.detach()
+    assert torch.allclose(stem[:, 0], rgb[:, 0] * 0.75)  # B4 = red
+    assert torch.allclose(stem[:, 2], rgb[:, 2] * 0.75)  # B2 = blue
+    assert torch.allclose(stem[:, 3], rgb.mean(dim=1) * 0.75)  # NIR: mean filter
