@@ -44,6 +44,7 @@ class SampleSource:
         raise NotImplementedError
 
     def read(self, index: int) -> dict[str, Any]:
+        """One sample: ``image`` (HWC float32), ``label`` or ``mask``, and ``id``."""
         return {"image": self.read_image(index), "label": self.labels[index], "id": self.ids[index]}
 
 
@@ -134,10 +135,24 @@ class TransformedDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample = self.source.read(int(self.indices[i]))
-        sample["image"] = self.transform(image=sample["image"])["image"]
+        return apply_transform(self.transform, self.source.read(int(self.indices[i])))
+
+
+def apply_transform(transform, sample: dict[str, Any]) -> dict[str, Any]:
+    """Run an albumentations pipeline on a sample's image (and mask) and make tensors.
+
+    Non-finite pixels (nodata) become 0 after normalisation, i.e. the channel mean, so they
+    add nothing to the first convolution; masks mark them as ignored where the domain knows.
+    """
+    if "mask" in sample:
+        out = transform(image=sample["image"], mask=sample["mask"])
+        sample["mask"] = torch.as_tensor(out["mask"]).long()
+    else:
+        out = transform(image=sample["image"])
+    sample["image"] = torch.nan_to_num(out["image"], nan=0.0, posinf=0.0, neginf=0.0)
+    if "label" in sample:
         sample["label"] = torch.as_tensor(sample["label"])
-        return sample
+    return sample
 
 
 # ---- folder and manifest scanning ----------------------------------------------------------

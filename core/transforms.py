@@ -8,7 +8,7 @@ from typing import Literal
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
-AugmentLevel = Literal["none", "flips", "default", "strong"]
+AugmentLevel = Literal["none", "flips", "dihedral", "default", "strong"]
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -29,7 +29,8 @@ def train_transform(
     std: Sequence[float],
     augment: AugmentLevel = "default",
 ) -> A.Compose:
-    """Training pipeline. ``augment`` picks how much: flips only, or crops/affine/intensity too.
+    """Training pipeline. ``augment``: none, flips, dihedral (flips + 90° rotations, for overhead
+    imagery; no resampling), default (crop + flips + brightness/contrast) or strong.
 
     Geometric transforms work on any channel count (multispectral included); intensity changes
     are applied to all channels together so band ratios stay meaningful.
@@ -43,6 +44,8 @@ def train_transform(
         ops.append(A.Resize(h, w))
     if augment != "none":
         ops += [A.HorizontalFlip(), A.VerticalFlip()]
+    if augment == "dihedral":  # overhead imagery has no "up": all 8 flips/rotations are valid
+        ops.append(A.RandomRotate90())
     if augment in ("default", "strong"):
         ops.append(A.RandomBrightnessContrast(0.1, 0.1, p=0.5))
     if augment == "strong":

@@ -1,0 +1,5 @@
+"""Agriculture / remote sensing: multispectral GeoTIFF scenes and patches."""
+
+from domains.agriculture.datamodules import GeoTiffFolderDataModule, SceneSegmentationDataModule
+
+__all__ = ["GeoTiffFolderDataModule", "SceneSegmentationDataModule"]

@@ -1,0 +1,288 @@
+"""Agriculture datamodules: scene segmentation from GeoTIFFs, and GeoTIFF patch classification."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from rasterio.windows import Window
+
+from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
+from core.transforms import eval_transform, train_transform
+from domains.agriculture.raster import LabelRaster
+from domains.agriculture.scene import grid_windows
+from domains.agriculture.sources import (
+    BandSpec,
+    PatchFolderSource,
+    SceneTileSource,
+    dominant_weights,
+    profile_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RandomTiles(Dataset):
+    """``length`` random training tiles: a tile slot drawn by weight, then a random position
+    inside its spatial block (so a tile never crosses into another split's block)."""
+
+    def __init__(self, source: SceneTileSource, indices: np.ndarray, weights: np.ndarray,
+                 length: int, transform) -> None:
+        self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = int(self.indices[int(torch.multinomial(self.weights, 1))])
+        block = self.source.block_windows[self.source.blocks[j]]
+        tile = self.source.tile
+        # torch's RNG is seeded per worker by the DataLoader, so workers draw different tiles.
+        dc = int(torch.randint(0, max(1, int(block.width) - tile + 1), (1,)))
+        dr = int(torch.randint(0, max(1, int(block.height) - tile + 1), (1,)))
+        window = Window(block.col_off + dc, block.row_off + dr, tile, tile)
+        sample = self.source.read_window(window, f"r{int(window.row_off)}_c{int(window.col_off)}")
+        return apply_transform(self.transform, sample)
+
+
+class SceneWindows(Dataset):
+    """Overlapping grid tiles over a whole scene for prediction, in row-major order."""
+
+    def __init__(self, spec: BandSpec, stack, tile: int, overlap: int, transform) -> None:
+        self.spec, self.stack, self.transform = spec, stack, transform
+        self.windows = grid_windows(stack.width, stack.height, tile, overlap)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        w = self.windows[i]
+        image, valid = self.spec.read(self.stack, w)
+        sample = apply_transform(self.transform, {"image": image, "id": f"r{int(w.row_off)}_c{int(w.col_off)}"})
+        sample["valid"] = torch.from_numpy(valid)
+        sample["window"] = torch.tensor([int(w.col_off), int(w.row_off), int(w.width), int(w.height)])
+        return sample
+
+
+class _BandsMixin:
+    """Band options shared by the agriculture datamodules."""
+
+    spec: BandSpec
+
+    @property
+    def channel_names(self) -> list[str]:
+        return self.spec.channel_names(self.source.stack)
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.channel_names)
+
+    def band_contract(self) -> dict[str, Any]:
+        return {"bands": self.source.stack.names, "band_roles": self.spec.band_roles,
+                "nodata": self.spec.nodata, "indices": [i.upper() for i in self.spec.indices],
+                "channel_names": self.channel_names}
+
+
+class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
+    """Semantic segmentation of a multispectral scene with a label raster on the same grid.
+
+    The scene is cut into square spatial blocks of ``block_size`` pixels; whole blocks go to
+    train, val or test (stratified by their dominant class, seeded), so neighbouring pixels
+    never straddle splits. Training draws ``samples_per_epoch`` random tiles inside training
+    blocks; val/test use the regular tile grid of their blocks (tiles without labels skipped).
+    Normalisation statistics come from the training blocks, ignoring nodata.
+
+    Args:
+        image: one multiband GeoTIFF, or a list of files (one per band).
+        labels: label GeoTIFF on the image grid (dense classes or sparse labelled pixels).
+        class_values: label raster codes of the classes, in class order; other codes and the
+            label nodata are unlabelled.
+        class_names: names of the classes (default: ``class_<code>``).
+        bands: bands to use, by name or 1-based index (default all).
+        band_names: names of the bands of a single multiband file, e.g. [blue, green, red, nir].
+        band_roles: map roles (red, nir, green, swir1, ...) to band names for spectral indices
+            when the names are not the roles themselves, e.g. ``{red: B3, nir: B4}``.
+        nodata: nodata value overriding the files' own.
+        indices: spectral indices to append as channels (NDVI, NDWI, NDMI, NDBI, NBR, SAVI).
+        reproject_labels: warp a label raster on another grid onto the image grid.
+        tile_size: network input size in pixels.
+        block_size: spatial block size in pixels (>= tile_size); the unit of the split.
+        samples_per_epoch: random training tiles per epoch.
+        oversample: ``none``, ``labelled`` (only tiles with labels) or ``rare`` (tiles with
+            rare classes more often).
+        ignore_index: mask value of unlabelled and nodata pixels.
+        predict_image: scene to predict (same band layout as ``image``); any size.
+        predict_overlap: overlap of prediction tiles in pixels (blended).
+        predict_output: output class map path (default: ``<log_dir>/<scene>_classes.tif``).
+        write_probabilities: also write a float32 GeoTIFF of per-class probabilities.
+        **kwargs: options of :class:`~core.data.ConvNeXtDataModule` (``image_size`` is the
+            tile size).
+    """
+
+    def __init__(
+        self,
+        image: str | list[str] | None = None,
+        labels: str | None = None,
+        class_values: list[int] | None = None,
+        class_names: list[str] | None = None,
+        bands: list[str | int] | None = None,
+        band_names: list[str] | None = None,
+        band_roles: dict[str, str] | None = None,
+        nodata: float | None = None,
+        indices: list[str] | None = None,
+        reproject_labels: bool = False,
+        tile_size: int = 64,
+        block_size: int = 128,
+        samples_per_epoch: int = 256,
+        oversample: Literal["none", "labelled", "rare"] = "labelled",
+        ignore_index: int = 255,
+        predict_image: str | list[str] | None = None,
+        predict_overlap: int = 16,
+        predict_output: str | None = None,
+        write_probabilities: bool = False,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        augment: Literal["none", "flips", "dihedral", "default", "strong"] = "dihedral",
+        **kwargs: Any,
+    ) -> None:
+        kwargs["image_size"] = tile_size
+        super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, augment=augment, **kwargs)
+        if image is None or labels is None or not class_values:
+            raise DataError("set data.init_args.image (GeoTIFF or list of band files), labels "
+                            "(label GeoTIFF) and class_values (label codes of the classes)")
+        if block_size < tile_size:
+            raise DataError(f"block_size {block_size} is smaller than tile_size {tile_size}; a tile "
+                            "must fit in one spatial block (raise block_size or lower tile_size)")
+        if class_names is not None and len(class_names) != len(class_values):
+            raise DataError(f"{len(class_names)} class_names for {len(class_values)} class_values")
+        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []))
+        self._class_names = list(class_names or [f"class_{v}" for v in class_values])
+
+    def build_source(self) -> SceneTileSource:
+        h = self.hparams
+        stack = self.spec.open(h.image)
+        label = LabelRaster(h.labels, stack, h.class_values, h.ignore_index, h.reproject_labels)
+        self._label_warnings = label.warnings
+        source = SceneTileSource(stack, self.spec, label, h.tile_size, h.block_size,
+                                 len(h.class_values), h.ignore_index)
+        if source.class_pixels.sum() == 0:
+            raise DataError(f"label raster '{h.labels}' has no pixel with a value in class_values "
+                            f"{list(h.class_values)}; check class_values and the label nodata")
+        return source
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._class_names
+
+    @property
+    def label_warnings(self) -> list[str]:
+        """Problems with the label raster that were reported rather than fatal."""
+        _ = self.source
+        return self._label_warnings
+
+    def strata(self) -> list[int]:
+        return self.source.labels.tolist()
+
+    def groups(self) -> list[int]:
+        return self.source.blocks
+
+    def setup(self, stage: str | None = None) -> None:
+        first = self.splits is None
+        super().setup(stage)
+        if first:
+            # Evaluation tiles without any labelled pixel would only cost time.
+            labelled = self.source.labels >= 0
+            for split in ("val", "test"):
+                self.splits[split] = self.splits[split][labelled[self.splits[split]]]
+            log.info("spatial-block split: %s tiles", {s: len(v) for s, v in self.splits.items()})
+
+    def train_class_counts(self) -> list[int]:
+        return self.source.class_pixels[self.train_indices].sum(axis=0).tolist()
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        self.ensure_stats()
+        h = self.hparams
+        idx = self.splits["train"]
+        weights = dominant_weights(self.source.class_pixels[idx], h.oversample)
+        dataset = RandomTiles(self.source, idx, weights, h.samples_per_epoch,
+                              train_transform(h.tile_size, self.mean, self.std, h.augment))
+        return self._loader(dataset, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        h = self.hparams
+        if h.predict_image is None:
+            raise DataError("set data.init_args.predict_image to the GeoTIFF scene to predict")
+        self.ensure_stats()
+        stack = self.spec.open(h.predict_image)
+        if stack.names != self.source.stack.names:
+            raise DataError(f"predict_image bands {stack.names} differ from the training bands "
+                            f"{self.source.stack.names}")
+        self.predict_stack = stack
+        dataset = SceneWindows(self.spec, stack, h.tile_size, h.predict_overlap,
+                               eval_transform(h.tile_size, self.mean, self.std))
+        return self._loader(dataset, shuffle=False)
+
+    def scene_output(self, log_dir: str | None) -> dict[str, Any]:
+        """Where and how the predicted scene is written (used by the scene prediction writer)."""
+        h = self.hparams
+        source = h.predict_image if isinstance(h.predict_image, str) else h.predict_image[0]
+        out = Path(h.predict_output) if h.predict_output else Path(log_dir or ".") / f"{Path(source).stem}_classes.tif"
+        return {
+            "path": out,
+            "probabilities_path": out.with_name(out.stem + "_probabilities.tif") if h.write_probabilities else None,
+            "profile": profile_of(self.predict_stack),
+            "tile": h.tile_size,
+            "overlap": h.predict_overlap,
+        }
+
+    def preprocessing(self) -> dict[str, Any]:
+        h = self.hparams
+        return {**super().preprocessing(), **self.band_contract(), "tile_size": h.tile_size,
+                "predict_overlap": h.predict_overlap, "ignore_index": h.ignore_index,
+                "class_values": list(h.class_values)}
+
+
+class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
+    """Tile classification: ``root/<class>/*.tif`` GeoTIFF patches (EuroSAT layout).
+
+    Args:
+        root: folder with one sub-folder of GeoTIFF patches per class.
+        bands, band_names, band_roles, nodata, indices: band handling as in
+            :class:`SceneSegmentationDataModule`.
+        **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        bands: list[str | int] | None = None,
+        band_names: list[str] | None = None,
+        band_roles: dict[str, str] | None = None,
+        nodata: float | None = None,
+        indices: list[str] | None = None,
+        augment: Literal["none", "flips", "dihedral", "default", "strong"] = "dihedral",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(augment=augment, **kwargs)
+        if root is None:
+            raise DataError("set data.init_args.root to a folder with one sub-folder of GeoTIFFs per class")
+        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []))
+
+    def build_source(self) -> PatchFolderSource:
+        files, names, classes = scan_class_folders(self.hparams.root, (".tif", ".tiff"))
+        self._class_names = classes
+        labels = np.array([classes.index(n) for n in names], dtype=np.int64)
+        return PatchFolderSource(files, labels, self.spec)
+
+    def predict_source(self, paths: list[Path]) -> PatchFolderSource:
+        return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), **self.band_contract()}

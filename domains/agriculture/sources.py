@@ -1,0 +1,129 @@
+"""Sample sources over GeoTIFFs: scene tiles (segmentation) and patch folders (tile classification)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from core.data import SampleSource
+from domains.agriculture.indices import check_indices, compute_indices
+from domains.agriculture.raster import LabelRaster, RasterStack
+from domains.agriculture.scene import grid_windows
+
+
+@dataclass
+class BandSpec:
+    """How to turn raster bands into network channels (shared by every agriculture datamodule)."""
+
+    bands: list[str | int] | None = None
+    band_names: list[str] | None = None
+    band_roles: dict[str, str] | None = None
+    nodata: float | None = None
+    indices: list[str] = field(default_factory=list)
+
+    def open(self, paths: str | Sequence[str]) -> RasterStack:
+        stack = RasterStack(paths, self.bands, self.band_names, self.nodata)
+        self.roles = check_indices(self.indices, stack.names, self.band_roles)
+        return stack
+
+    def channel_names(self, stack: RasterStack) -> list[str]:
+        return [*stack.names, *[i.upper() for i in self.indices]]
+
+    def read(self, stack: RasterStack, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Channels (HWC float32, NaN where invalid) and the valid mask for a window."""
+        image, valid = stack.read(window)
+        if self.indices:
+            image = np.concatenate([image, compute_indices(image, self.indices, self.roles)])
+        return np.ascontiguousarray(image.transpose(1, 2, 0)), valid
+
+
+class SceneTileSource(SampleSource):
+    """Tiles of one scene, laid out inside spatial blocks so no tile straddles two blocks.
+
+    ``labels`` holds each tile's dominant class (-1 when it has no labelled pixel) for
+    stratification; ``blocks`` the block of each tile (the unit of the train/val/test split).
+    """
+
+    def __init__(self, stack: RasterStack, spec: BandSpec, label: LabelRaster | None, tile: int,
+                 block: int, num_classes: int, ignore_index: int) -> None:
+        self.stack, self.spec, self.label = stack, spec, label
+        self.tile, self.block, self.ignore_index = tile, block, ignore_index
+        self.windows: list[Window] = []
+        self.blocks: list[int] = []
+        self.block_windows: list[Window] = []
+        # Blocks partition the scene; edge blocks are smaller, and their tiles reach past the
+        # scene edge (read as nodata), never into a neighbouring block.
+        corners = [(c, r) for r in range(0, stack.height, block) for c in range(0, stack.width, block)]
+        for b, (c, r) in enumerate(corners):
+            bw = Window(c, r, min(block, stack.width - c), min(block, stack.height - r))
+            self.block_windows.append(bw)
+            for w in grid_windows(int(bw.width), int(bw.height), tile, 0, int(bw.col_off), int(bw.row_off)):
+                self.windows.append(w)
+                self.blocks.append(b)
+        self.ids = [f"r{int(w.row_off)}_c{int(w.col_off)}" for w in self.windows]
+        self.class_pixels = np.zeros((len(self.windows), num_classes), dtype=np.int64)
+        if label is not None:
+            for i, w in enumerate(self.windows):
+                mask = self._mask(w)
+                mask = mask[mask != ignore_index]
+                self.class_pixels[i] = np.bincount(mask, minlength=num_classes)[:num_classes]
+        has = self.class_pixels.sum(axis=1) > 0
+        self.labels = np.where(has, self.class_pixels.argmax(axis=1), -1)
+
+    def _mask(self, window: Window) -> np.ndarray:
+        return self.label.read(window)
+
+    def read_window(self, window: Window, sample_id: str) -> dict[str, Any]:
+        image, valid = self.spec.read(self.stack, window)
+        out: dict[str, Any] = {"image": image, "id": sample_id}
+        if self.label is not None:
+            mask = self.label.read(window)
+            mask[~valid] = self.ignore_index  # never train on nodata
+            out["mask"] = mask
+        return out
+
+    def read(self, index: int) -> dict[str, Any]:
+        return self.read_window(self.windows[index], self.ids[index])
+
+    def read_image(self, index: int) -> np.ndarray:
+        return self.spec.read(self.stack, self.windows[index])[0]
+
+
+class PatchFolderSource(SampleSource):
+    """Small GeoTIFF patches with a class each (EuroSAT layout); every patch is read whole."""
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, spec: BandSpec) -> None:
+        self.paths = [str(p) for p in paths]
+        self.ids = list(self.paths)
+        self.labels = np.asarray(labels)
+        self.spec = spec
+        self.stack = spec.open(self.paths[0])  # validates bands and indices on the first patch
+
+    def read_image(self, index: int) -> np.ndarray:
+        stack = self.spec.open(self.paths[index])
+        try:
+            return self.spec.read(stack, Window(0, 0, stack.width, stack.height))[0]
+        finally:
+            stack.close()
+
+
+def dominant_weights(class_pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Sampling weight per tile: ``none`` uniform, ``labelled`` only tiles with labels,
+    ``rare`` tiles with labels weighted by the inverse frequency of their rarest class."""
+    has = class_pixels.sum(axis=1) > 0
+    if mode == "none" or not has.any():
+        return np.ones(len(class_pixels))
+    if mode == "labelled":
+        return has.astype(float)
+    freq = class_pixels.sum(axis=0).astype(float)
+    inv = np.where(freq > 0, 1.0 / np.maximum(freq, 1), 0.0)
+    return np.where(class_pixels > 0, inv[None, :], 0.0).max(axis=1) / inv.max()
+
+
+def profile_of(stack: RasterStack) -> Mapping[str, Any]:
+    return {"width": stack.width, "height": stack.height, "crs": stack.crs, "transform": stack.transform}
