@@ -3,15 +3,23 @@
 import numpy as np
 import pytest
 import rasterio
+import torch
+from lightning.pytorch import Trainer
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from core.data import DataError
-from domains.agriculture import GeoTiffFolderDataModule, SceneSegmentationDataModule
+from domains.agriculture import (
+    GeoTiffFolderDataModule,
+    SceneSegmentationDataModule,
+    SceneSegmentationTask,
+)
 from domains.agriculture.indices import compute_indices
 from domains.agriculture.raster import RasterStack
 from domains.agriculture.scene import SceneWriter, blend_weights, grid_windows
 from domains.agriculture.synthetic import BANDS, write_demo_scene, write_scene
+
+from .conftest import TINY
 
 
 @pytest.fixture
@@ -118,14 +126,20 @@ def test_spatial_block_splits_are_disjoint(scene):
     blocks = {s: {dm.source.blocks[i] for i in idx} for s, idx in dm.splits.items()}
     assert not blocks["train"] & blocks["val"] and not blocks["train"] & blocks["test"]
     assert not blocks["val"] & blocks["test"]
-    for i, w in enumerate(dm.source.windows):  # no tile crosses into another block
+    covered = np.zeros((128, 160), dtype=int)
+    for i, w in enumerate(dm.source.windows):  # no tile sees pixels of another block
         b = dm.source.block_windows[dm.source.blocks[i]]
-        assert b.col_off <= w.col_off and w.col_off + w.width <= max(b.col_off + b.width, 160)
-        assert b.row_off <= w.row_off and w.row_off + w.height <= max(b.row_off + b.height, 128)
+        sample = dm.source.read(i)
+        r, c = np.nonzero(~np.isnan(sample["image"][..., 0]) | (sample["mask"] != 255))
+        r, c = r + int(w.row_off), c + int(w.col_off)
+        assert (b.row_off <= r).all() and (r < b.row_off + b.height).all()
+        assert (b.col_off <= c).all() and (c < b.col_off + b.width).all()
+        covered[r, c] += 1
+    assert covered.max() == 1  # every pixel is in at most one tile: nothing is scored twice
     # Random training tiles stay inside training blocks.
     seen = []
     original = dm.source.read_window
-    dm.source.read_window = lambda w, i: seen.append(w) or original(w, i)
+    dm.source.read_window = lambda w, i, clip=None: seen.append(w) or original(w, i, clip)
     for _ in range(2):
         next(iter(dm.train_dataloader()))
     train_blocks = [dm.source.block_windows[b] for b in blocks["train"]]
@@ -201,3 +215,54 @@ def test_scene_writer_blends_and_keeps_georeference(tmp_path):
     assert (classes[10:, :50] == 0).all() and (classes[10:, 50:] == 1).all()
     with rasterio.open(tmp_path / "p.tif") as ds:
         assert ds.count == 2 and np.allclose(ds.read()[:, 10:, :].sum(axis=0), 1.0)
+
+
+class OracleTask(SceneSegmentationTask):
+    """Classifies each pixel from its (normalised) NIR and red values like the synthetic scene's
+    generator does, so whole-scene prediction can be checked pixel by pixel."""
+
+    def forward(self, x):
+        dm = self.trainer.datamodule
+        mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in (dm.mean, dm.std))
+        raw = x * std + mean  # undo normalisation: reflectance x 10000
+        nir, red = raw[:, 3], raw[:, 2]
+        water = (nir < 1500).float()
+        crop = ((nir >= 1500) & (red < 1300)).float()
+        soil = 1 - water - crop
+        return torch.stack([water, crop, soil], dim=1) * 20.0
+
+
+def test_whole_scene_prediction_is_georeferenced_and_correct(tmp_path, scene):
+    # A 4-band scene many tiles wide and tall, predicted tile by tile with overlap.
+    big = write_demo_scene(tmp_path / "big", width=300, height=140, seed=3, patches_per_class=1)
+    dm = scene_dm(scene, predict_image=str(big["scene"]), predict_overlap=8,
+                  predict_output=str(tmp_path / "pred" / "classes.tif"), write_probabilities=True,
+                  batch_size=5)
+    task = OracleTask(**TINY, in_chans=4, num_classes=3, class_names=dm.class_names,
+                      decoder_channels=8)
+    requested = []
+    original = RasterStack.read
+
+    def spy(self, window):
+        requested.append((int(window.width), int(window.height)))
+        return original(self, window)
+
+    RasterStack.read = spy
+    try:
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(task, datamodule=dm)
+    finally:
+        RasterStack.read = original
+    assert requested and max(requested) == (32, 32)  # windows only, never the whole raster
+    assert len(requested) >= len(grid_windows(300, 140, 32, 8))
+    with rasterio.open(big["scene"]) as src, rasterio.open(tmp_path / "pred" / "classes.tif") as out:
+        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        classes = out.read(1)
+        nodata_in = (src.read() == 0).all(axis=0)
+        assert out.nodata == 255 and out.profile["compress"] == "deflate"
+    with rasterio.open(big["labels"]) as ds:
+        truth = ds.read(1).astype(int) - 1  # codes 1..3 -> classes 0..2, border 0 -> -1
+    assert (classes[nodata_in] == 255).all()
+    inside = ~nodata_in
+    assert (classes[inside] == truth[inside]).mean() > 0.99
+    with rasterio.open(tmp_path / "pred" / "classes_probabilities.tif") as probs:
+        assert probs.count == 3 and probs.descriptions[0] == "P(water)"

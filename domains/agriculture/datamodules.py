@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset
 
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
 from core.transforms import eval_transform, train_transform
@@ -47,7 +47,7 @@ class RandomTiles(Dataset):
         dc = int(torch.randint(0, max(1, int(block.width) - tile + 1), (1,)))
         dr = int(torch.randint(0, max(1, int(block.height) - tile + 1), (1,)))
         window = Window(block.col_off + dc, block.row_off + dr, tile, tile)
-        sample = self.source.read_window(window, f"r{int(window.row_off)}_c{int(window.col_off)}")
+        sample = self.source.read_window(window, f"r{int(window.row_off)}_c{int(window.col_off)}", block)
         return apply_transform(self.transform, sample)
 
 

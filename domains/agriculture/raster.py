@@ -42,11 +42,8 @@ def _open(path: str) -> rasterio.DatasetReader:
         raise DataError(f"cannot open raster '{path}' ({err}); is it a GeoTIFF?") from err
 
 
-def _band_names(ds: rasterio.DatasetReader, path: str, given: Sequence[str] | None, single_file: bool) -> list[str]:
-    if given is not None:
-        if len(given) != ds.count:
-            raise DataError(f"band_names lists {len(given)} names but '{path}' has {ds.count} band(s)")
-        return list(given)
+def _band_names(ds: rasterio.DatasetReader, path: str, single_file: bool) -> list[str]:
+    """Default names: band descriptions, else B1..Bn (one file) or the file stem (a band per file)."""
     if all(ds.descriptions) and ds.count:
         return list(ds.descriptions)
     if single_file:
@@ -64,8 +61,8 @@ class RasterStack:
     Args:
         paths: one multiband file, or a list of files (one or more bands each).
         bands: bands to use, by name or 1-based index; default all, in file order.
-        band_names: names for the bands of a single file (default: the file's band
-            descriptions, else B1..Bn); with one file per band the default is the file stem.
+        band_names: names for all bands, in file order (default: the files' band
+            descriptions, else B1..Bn for one file, or the file stem with one file per band).
         nodata: value marking missing pixels, overriding the files' own nodata.
     """
 
@@ -84,10 +81,14 @@ class RasterStack:
         for path in self.paths:
             with _open(path) as ds:
                 self._check_grid(ds, path)
-                names = _band_names(ds, path, band_names if len(self.paths) == 1 else None,
-                                    len(self.paths) == 1)
+                names = _band_names(ds, path, len(self.paths) == 1)
                 available += [Band(path, i + 1, n) for i, n in enumerate(names)]
                 nodatas[path] = ds.nodata
+        if band_names is not None:
+            if len(band_names) != len(available):
+                raise DataError(f"band_names lists {len(band_names)} names but the image has "
+                                f"{len(available)} band(s) in {len(self.paths)} file(s)")
+            available = [Band(b.path, b.index, n) for b, n in zip(available, band_names, strict=True)]
         self.bands = self._select(available, bands)
         self.names = [b.name for b in self.bands]
         self.nodata = {b.name: nodata if nodata is not None else nodatas[b.path] for b in self.bands}
@@ -201,13 +202,14 @@ class LabelRaster:
             self.nodata = ds.nodata
             same_grid = (ds.transform.almost_equals(image.transform)
                          and (ds.width, ds.height) == (image.width, image.height))
-            if ds.crs != image.crs and same_grid:
+            tag_differs = ds.crs != image.crs or str(ds.crs) != str(image.crs)
+            if same_grid and tag_differs:
                 # A mislabelled CRS on an identical grid: the pixels align, so report and go on.
                 msg = (f"label raster '{self.path}' says CRS {ds.crs} but the image says {image.crs}; "
                        "transform and size are identical, so the pixels are used as they are")
                 log.warning(msg)
                 self.warnings.append(msg)
-            elif not same_grid or ds.crs != image.crs:
+            elif not same_grid:
                 if not reproject:
                     raise DataError(
                         f"label raster '{self.path}' (CRS {ds.crs}, {ds.width}x{ds.height}, origin "

@@ -13,7 +13,6 @@ from rasterio.windows import Window
 from core.data import SampleSource
 from domains.agriculture.indices import check_indices, compute_indices
 from domains.agriculture.raster import LabelRaster, RasterStack
-from domains.agriculture.scene import grid_windows
 
 
 @dataclass
@@ -42,11 +41,23 @@ class BandSpec:
         return np.ascontiguousarray(image.transpose(1, 2, 0)), valid
 
 
-class SceneTileSource(SampleSource):
-    """Tiles of one scene, laid out inside spatial blocks so no tile straddles two blocks.
+def clip_mask(window: Window, clip: Window) -> np.ndarray:
+    """HW bool: which pixels of ``window`` lie inside ``clip``."""
+    h, w = int(window.height), int(window.width)
+    inside = np.zeros((h, w), dtype=bool)
+    r0, c0 = int(clip.row_off - window.row_off), int(clip.col_off - window.col_off)
+    inside[max(0, r0):max(0, r0 + int(clip.height)), max(0, c0):max(0, c0 + int(clip.width))] = True
+    return inside
 
-    ``labels`` holds each tile's dominant class (-1 when it has no labelled pixel) for
-    stratification; ``blocks`` the block of each tile (the unit of the train/val/test split).
+
+class SceneTileSource(SampleSource):
+    """Tiles of one scene on a grid inside spatial blocks.
+
+    Every pixel belongs to exactly one tile, and a tile sees only its own block: where a tile
+    reaches past its block (block size not a multiple of the tile, or the scene edge) those
+    pixels are nodata and unlabelled, so no image or label crosses a split. ``labels`` holds
+    each tile's dominant class (-1 without labelled pixels) for stratification, ``blocks``
+    the block of each tile (the unit of the train/val/test split).
     """
 
     def __init__(self, stack: RasterStack, spec: BandSpec, label: LabelRaster | None, tile: int,
@@ -56,42 +67,43 @@ class SceneTileSource(SampleSource):
         self.windows: list[Window] = []
         self.blocks: list[int] = []
         self.block_windows: list[Window] = []
-        # Blocks partition the scene; edge blocks are smaller, and their tiles reach past the
-        # scene edge (read as nodata), never into a neighbouring block.
         corners = [(c, r) for r in range(0, stack.height, block) for c in range(0, stack.width, block)]
         for b, (c, r) in enumerate(corners):
             bw = Window(c, r, min(block, stack.width - c), min(block, stack.height - r))
             self.block_windows.append(bw)
-            for w in grid_windows(int(bw.width), int(bw.height), tile, 0, int(bw.col_off), int(bw.row_off)):
-                self.windows.append(w)
-                self.blocks.append(b)
+            for tr in range(r, r + int(bw.height), tile):
+                for tc in range(c, c + int(bw.width), tile):
+                    self.windows.append(Window(tc, tr, tile, tile))
+                    self.blocks.append(b)
         self.ids = [f"r{int(w.row_off)}_c{int(w.col_off)}" for w in self.windows]
         self.class_pixels = np.zeros((len(self.windows), num_classes), dtype=np.int64)
         if label is not None:
             for i, w in enumerate(self.windows):
-                mask = self._mask(w)
+                mask = label.read(w)[clip_mask(w, self.block_windows[self.blocks[i]])]
                 mask = mask[mask != ignore_index]
                 self.class_pixels[i] = np.bincount(mask, minlength=num_classes)[:num_classes]
         has = self.class_pixels.sum(axis=1) > 0
         self.labels = np.where(has, self.class_pixels.argmax(axis=1), -1)
 
-    def _mask(self, window: Window) -> np.ndarray:
-        return self.label.read(window)
-
-    def read_window(self, window: Window, sample_id: str) -> dict[str, Any]:
+    def read_window(self, window: Window, sample_id: str, clip: Window | None = None) -> dict[str, Any]:
+        """Image and mask of ``window``; pixels outside ``clip`` (its block) count as nodata."""
         image, valid = self.spec.read(self.stack, window)
+        if clip is not None:
+            valid &= clip_mask(window, clip)
+            image[~valid] = np.nan
         out: dict[str, Any] = {"image": image, "id": sample_id}
         if self.label is not None:
             mask = self.label.read(window)
-            mask[~valid] = self.ignore_index  # never train on nodata
+            mask[~valid] = self.ignore_index  # never train or score on nodata
             out["mask"] = mask
         return out
 
     def read(self, index: int) -> dict[str, Any]:
-        return self.read_window(self.windows[index], self.ids[index])
+        return self.read_window(self.windows[index], self.ids[index],
+                                self.block_windows[self.blocks[index]])
 
     def read_image(self, index: int) -> np.ndarray:
-        return self.spec.read(self.stack, self.windows[index])[0]
+        return self.read(index)["image"]
 
 
 class PatchFolderSource(SampleSource):
