@@ -84,3 +84,90 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return str(value)
+
+
+def _finite_or_none(value: float) -> float | None:
+    # Strict JSON has no NaN; an undefined score (class absent from labels and predictions) is null.
+    return None if value != value or value in (float("inf"), float("-inf")) else float(value)
+
+
+def write_segmentation_report(
+    log_dir: str | Path | None,
+    metrics: dict[str, float],
+    confusion: Tensor,
+    class_names: list[str],
+    ignore_index: int | None = None,
+    split: str = "test",
+) -> Path | None:
+    """Write ``metrics.json`` and ``confusion_matrix.png`` for a segmentation evaluation.
+
+    Args:
+        log_dir: the run's log directory; nothing is written when None.
+        metrics: logged scalar metrics (keys may carry a ``"test/"`` prefix, which is dropped).
+        confusion: pixel confusion matrix ``(K, K)``, rows true class, columns predicted class,
+            with unlabelled (``ignore_index``) pixels already excluded.
+        class_names: the ``K`` class names.
+        ignore_index: label value of unlabelled pixels, recorded for the reader.
+        split: name of the evaluated split.
+
+    Returns:
+        The path of ``metrics.json``, or None when there is no log directory.
+    """
+    if log_dir is None:
+        return None
+    out = Path(log_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = confusion.detach().cpu().double()
+    tp = counts.diag()
+    support, predicted = counts.sum(1), counts.sum(0)
+    iou = tp / (support + predicted - tp)
+    recall = tp / support
+    precision = tp / predicted
+    per_class = {
+        name: {
+            "iou": _finite_or_none(float(iou[i])),
+            "precision": _finite_or_none(float(precision[i])),
+            "recall": _finite_or_none(float(recall[i])),
+            "pixels": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    report: dict[str, Any] = {
+        "split": split,
+        "task": "semantic_segmentation",
+        "num_labelled_pixels": int(counts.sum()),
+        "ignore_index": ignore_index,
+        "class_names": class_names,
+        "metrics": {k.split("/", 1)[-1]: _finite_or_none(v) for k, v in metrics.items()},
+        "per_class_iou": {name: v["iou"] for name, v in per_class.items()},
+        "per_class": per_class,
+        "confusion_matrix": {"rows": "true class", "columns": "predicted class",
+                             "unit": "pixels", "counts": counts.long().tolist()},
+    }
+    _plot_pixel_confusion(counts, class_names, out / "confusion_matrix.png")
+    path = out / "metrics.json"
+    path.write_text(json.dumps(report, indent=2, default=_jsonable))
+    log.info("segmentation report written to %s", out)
+    return path
+
+
+def _plot_pixel_confusion(counts: Tensor, class_names: list[str], path: Path) -> None:
+    # Pixel counts span orders of magnitude, so colours show each row's share (recall per class).
+    rows = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(rows.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
+    ax.set_xticks(range(k), class_names, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 15:  # beyond that the numbers overlap
+        for i in range(k):
+            for j in range(k):
+                share = float(rows[i, j])
+                ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if share > 0.5 else "black")
+    ax.set_title("Test pixel confusion matrix (row-normalised)")
+    _save(fig, path)

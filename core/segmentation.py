@@ -1,0 +1,249 @@
+"""Semantic segmentation on the ConvNeXt task: UPerNet/FPN decoder, CE/Dice losses, IoU metrics.
+
+Batches are dicts ``{"image": float (B, C, H, W), "mask": int64 (B, H, W), "id": list[str]}``.
+Mask pixels equal to ``ignore_index`` (nodata, unlabelled parts of sparse labels) never
+contribute to the loss or to any metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import ClasswiseWrapper, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
+
+from core.heads import build_head
+from core.reporting import write_segmentation_report
+from core.task import ConvNeXtTask
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("ce", "dice", "ce+dice")
+
+
+def balanced_class_weights(counts: Sequence[float] | Tensor) -> Tensor:
+    """Inverse-frequency weights ``total / (K * count_k)`` from per-class labelled pixel counts.
+
+    A class with no pixels gets the weight of a one-pixel class; it never occurs as a target,
+    so cross-entropy never uses that weight.
+    """
+    counts = torch.as_tensor(counts, dtype=torch.float32)
+    return counts.sum() / (len(counts) * counts.clamp(min=1))
+
+
+def masked_cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None
+) -> Tensor:
+    """Pixel cross-entropy averaged over labelled pixels (weighted like ``F.cross_entropy``).
+
+    Unlike ``F.cross_entropy`` it returns 0 (still attached to the graph) instead of NaN when
+    every pixel of the batch is unlabelled, which sparse labels make a normal event.
+    """
+    valid = target != ignore_index
+    per_pixel = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index,
+                                reduction="none")
+    pixel_weight = valid.float() if weight is None else weight[target.where(valid, 0)] * valid
+    return per_pixel.sum() / pixel_weight.sum().clamp(min=1e-6)
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, ignore_index: int, smooth: float = 1.0) -> Tensor:
+    """Multiclass soft Dice loss, ``1 - mean_k dice_k``, over the labelled pixels of the batch.
+
+    Intersections and cardinalities are summed over the whole batch (not per image), which is
+    stable for sparse labels and small tiles. ``smooth`` keeps classes absent from the batch
+    near zero loss as long as they are not predicted, and penalises them when they are.
+
+    Args:
+        logits: ``(B, K, H, W)`` raw scores.
+        target: ``(B, H, W)`` class indices, ``ignore_index`` for unlabelled pixels.
+        ignore_index: label of unlabelled pixels.
+        smooth: additive smoothing of numerator and denominator.
+    """
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(target.where(target != ignore_index, 0), num_classes)
+    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    cardinality = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * intersection + smooth) / (cardinality + smooth)
+    return 1 - dice.mean()
+
+
+class SegmentationTask(ConvNeXtTask):
+    """Semantic segmentation: ConvNeXt feature pyramid, UPerNet (or FPN) decoder, pixel losses.
+
+    The timm classifier head is pruned; the decoder trains at the full learning rate (it is
+    returned by :meth:`head_modules`) and keeps training while the backbone is frozen.
+    ``forward`` returns logits at the input resolution; inputs whose size is not a multiple of
+    the coarsest stride (32) are zero-padded internally and the logits cropped back.
+
+    Args:
+        head: decoder, ``"upernet"`` (PPM + FPN + fusion, as in the ConvNeXt paper) or the
+            lighter ``"fpn"``.
+        decoder_channels: width of the decoder (the paper uses 512; 128 suits small data/CPUs).
+        decoder_dropout: channel dropout before the decoder's classifier.
+        ignore_index: mask value of unlabelled pixels (must not be a class index).
+        loss: ``"ce"`` (cross-entropy), ``"dice"`` (soft Dice) or ``"ce+dice"`` (their sum).
+        class_weights: ``None``, ``"balanced"`` (inverse pixel frequency from the datamodule's
+            ``train_class_counts()``) or one weight per class. They weight the cross-entropy
+            term; Dice already gives every class the same say.
+        dice_smooth: additive smoothing of the Dice loss.
+        **kwargs: backbone and recipe options of :class:`~core.task.ConvNeXtTask`.
+    """
+
+    target_key = "mask"
+    monitor = "val/miou"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        head: Literal["upernet", "fpn"] = "upernet",
+        decoder_channels: int = 128,
+        decoder_dropout: float = 0.1,
+        ignore_index: int = 255,
+        loss: Literal["ce", "dice", "ce+dice"] = "ce",
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        dice_smooth: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Test-only: pixel counts per (true, predicted) class for the report.
+        self.test_confusion = MulticlassConfusionMatrix(
+            self.hparams.num_classes, ignore_index=self.hparams.ignore_index
+        )
+
+    @property
+    def ignore_index(self) -> int:
+        return int(self.hparams.ignore_index)
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        h = self.hparams
+        self.backbone = self.build_backbone(num_classes=0)
+        levels = len(self.backbone.channels)
+        # The pooled-feature norm of timm's head would sit in the optimizer (and be "trained"
+        # through the freeze schedule) without ever receiving a gradient: remove it.
+        self.backbone.model.prune_intermediate_layers(levels, prune_norm=True, prune_head=True)
+        self.decoder = build_head(
+            h.head, self.backbone.channels, self.backbone.strides, h.num_classes,
+            decoder_channels=h.decoder_channels, dropout=h.decoder_dropout,
+        )
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.decoder]
+
+    def configure_losses(self) -> None:
+        h = self.hparams
+        if h.loss not in LOSSES:
+            raise ValueError(f"unknown loss '{h.loss}'; choose one of {list(LOSSES)}")
+        if 0 <= h.ignore_index < h.num_classes:
+            raise ValueError(
+                f"ignore_index={h.ignore_index} is a class index (num_classes={h.num_classes}); "
+                "use a value outside 0..num_classes-1, e.g. 255"
+            )
+        weights = h.class_weights
+        if weights is not None and h.loss == "dice":
+            raise ValueError("class_weights weight the cross-entropy term; use loss 'ce' or 'ce+dice'")
+        weight = None
+        if isinstance(weights, str):
+            if weights != "balanced":
+                raise ValueError(f"class_weights must be 'balanced', a list or None, got '{weights}'")
+        elif weights is not None:
+            if len(weights) != h.num_classes:
+                raise ValueError(f"class_weights has {len(weights)} entries for {h.num_classes} classes")
+            weight = torch.tensor(list(weights), dtype=torch.float32)
+        # Not persistent: "balanced" weights are derived from the data, not learned state.
+        self.register_buffer("class_weight", weight, persistent=False)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.class_weights != "balanced":
+            return
+        if self.class_weight is not None and stage != "fit":
+            return  # counting a large training split again for validate/test would only cost time
+        datamodule = self.trainer.datamodule if self._trainer else None
+        if not hasattr(datamodule, "train_class_counts"):
+            log.warning("class_weights='balanced' needs a datamodule with train_class_counts(); "
+                        "training without class weights")
+            return
+        weight = balanced_class_weights(datamodule.train_class_counts())
+        if len(weight) != self.hparams.num_classes:
+            raise ValueError(f"train_class_counts() has {len(weight)} entries for "
+                             f"{self.hparams.num_classes} classes")
+        log.info("balanced class weights %s", [round(w, 4) for w in weight.tolist()])
+        self.class_weight = weight.to(self.device)
+
+    def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        target = target.long()
+        loss = outputs.new_zeros((), dtype=torch.float32)
+        parts = self.hparams.loss.split("+")
+        if "ce" in parts:
+            loss = loss + masked_cross_entropy(outputs, target, self.ignore_index, self.class_weight)
+        if "dice" in parts:
+            loss = loss + soft_dice_loss(outputs, target, self.ignore_index, self.hparams.dice_smooth)
+        return loss
+
+    def build_metrics(self) -> MetricCollection:
+        k, names, ignore = self.hparams.num_classes, self.class_names, self.hparams.ignore_index
+        return MetricCollection({
+            "miou": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore),
+            "iou": ClasswiseWrapper(MulticlassJaccardIndex(k, average=None, ignore_index=ignore),
+                                    labels=names, prefix="iou_"),
+            "acc": MulticlassAccuracy(k, average="micro", ignore_index=ignore),
+            "macc": MulticlassAccuracy(k, average="macro", ignore_index=ignore),
+            "f1": MulticlassF1Score(k, average="macro", ignore_index=ignore),
+        })
+
+    def update_metrics(self, stage: str, outputs: Tensor, target: Tensor) -> None:
+        # One argmax for all metrics; torchmetrics would otherwise repeat it per metric.
+        preds = outputs.argmax(dim=1)
+        target = target.long()
+        self._metrics(stage).update(preds, target)
+        if stage == "test":
+            self.test_confusion.update(preds, target)
+
+    def on_stage_epoch_end(self, stage: str, values: dict[str, float]) -> None:
+        if stage != "test" or self.test_confusion.update_count == 0:
+            return
+        confusion = self.test_confusion.compute()  # every rank takes part in the sync
+        self.test_confusion.reset()
+        if self.trainer.is_global_zero:
+            write_segmentation_report(self.trainer.log_dir, values, confusion, self.class_names,
+                                      ignore_index=self.ignore_index)
+
+    # ---- forward and prediction ----------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes, H, W)`` at the input resolution."""
+        height, width = x.shape[-2:]
+        multiple = self.backbone.strides[-1]
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if pad_h or pad_w:
+            # Without padding, odd sizes floor away border pixels at every downsampling and the
+            # pyramid levels stop lining up with the input.
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        logits = self.decoder(self.backbone.forward_pyramid(x))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+    def predict_probs(self, x: Tensor) -> Tensor:
+        """Softmax class probabilities ``(B, K, H, W)`` in float32, e.g. for sliding windows.
+
+        Call it under ``torch.inference_mode()`` with the task in eval mode.
+        """
+        return torch.softmax(self(x).float(), dim=1)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        probs = self.predict_probs(batch["image"])
+        return {"id": list(batch.get("id", [])), "probs": probs.cpu(),
+                "class_names": self.class_names}
