@@ -25,6 +25,7 @@ from torchmetrics.classification import (
 )
 
 from core import operating_point as op
+from core.losses import balanced_class_weights
 from core.prediction_writer import ClassificationCSVWriter
 from core.reporting import write_classification_report
 from core.task import ConvNeXtTask
@@ -117,7 +118,7 @@ class ClassificationTask(ConvNeXtTask):
             if self.multilabel:  # BCE pos_weight: negatives per positive
                 weight = (len(datamodule.train_indices) - counts) / counts.clamp(min=1)
             else:
-                weight = counts.sum() / (len(counts) * counts.clamp(min=1))
+                weight = balanced_class_weights(counts)
             log.info("balanced class weights %s", [round(w, 4) for w in weight.tolist()])
             self.class_weight = weight.to(self.device)
 

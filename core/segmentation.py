@@ -8,7 +8,6 @@ contribute to the loss or to any metric.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -23,62 +22,13 @@ from torchmetrics.classification import (
 )
 
 from core.heads import build_head
+from core.losses import balanced_class_weights, masked_cross_entropy, soft_dice_loss
 from core.reporting import write_segmentation_report
 from core.task import ConvNeXtTask
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "dice", "ce+dice")
-
-
-def balanced_class_weights(counts: Sequence[float] | Tensor) -> Tensor:
-    """Inverse-frequency weights ``total / (K * count_k)`` from per-class labelled pixel counts.
-
-    A class with no pixels gets the weight of a one-pixel class; it never occurs as a target,
-    so cross-entropy never uses that weight.
-    """
-    counts = torch.as_tensor(counts, dtype=torch.float32)
-    return counts.sum() / (len(counts) * counts.clamp(min=1))
-
-
-def masked_cross_entropy(
-    logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None
-) -> Tensor:
-    """Pixel cross-entropy averaged over labelled pixels (weighted like ``F.cross_entropy``).
-
-    Unlike ``F.cross_entropy`` it returns 0 (still attached to the graph) instead of NaN when
-    every pixel of the batch is unlabelled, which sparse labels make a normal event.
-    """
-    valid = target != ignore_index
-    per_pixel = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index,
-                                reduction="none")
-    pixel_weight = valid.float() if weight is None else weight[target.where(valid, 0)] * valid
-    return per_pixel.sum() / pixel_weight.sum().clamp(min=1e-6)
-
-
-def soft_dice_loss(logits: Tensor, target: Tensor, ignore_index: int, smooth: float = 1.0) -> Tensor:
-    """Multiclass soft Dice loss, ``1 - mean_k dice_k``, over the labelled pixels of the batch.
-
-    Intersections and cardinalities are summed over the whole batch (not per image), which is
-    stable for sparse labels and small tiles. ``smooth`` keeps classes absent from the batch
-    near zero loss as long as they are not predicted, and penalises them when they are.
-
-    Args:
-        logits: ``(B, K, H, W)`` raw scores.
-        target: ``(B, H, W)`` class indices, ``ignore_index`` for unlabelled pixels.
-        ignore_index: label of unlabelled pixels.
-        smooth: additive smoothing of numerator and denominator.
-    """
-    num_classes = logits.shape[1]
-    valid = (target != ignore_index).unsqueeze(1)
-    probs = logits.float().softmax(dim=1) * valid
-    onehot = F.one_hot(target.where(target != ignore_index, 0), num_classes)
-    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid
-    dims = (0, 2, 3)
-    intersection = (probs * onehot).sum(dims)
-    cardinality = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * intersection + smooth) / (cardinality + smooth)
-    return 1 - dice.mean()
 
 
 class SegmentationTask(ConvNeXtTask):

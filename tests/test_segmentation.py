@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.backbone import ConvNeXtBackbone
 from core.heads import FPNHead, UPerHead, build_head
-from core.segmentation import SegmentationTask, masked_cross_entropy, soft_dice_loss
+from core.losses import masked_cross_entropy, soft_dice_loss
+from core.segmentation import SegmentationTask
 
 from .conftest import TINY
 
