@@ -1,0 +1,1 @@
+"""Medical imaging: DICOM reading (modality LUT, windowing, frames, spacing) without patient identifiers."""
