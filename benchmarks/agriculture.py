@@ -65,7 +65,7 @@ def rgb_byte(out: Path, backbone: str, tile: int, overlap: int) -> dict:
     write_scene(out / "rgb_labels.tif", labels[None], transform, crs=crs.to_string(), nodata=None)
     dm = SceneSegmentationDataModule(
         image=str(scene), band_names=["red", "green", "blue"], labels=str(out / "rgb_labels.tif"),
-        class_values=[1, 2, 3], class_names=["dark", "medium", "bright"], tile_size=tile,
+        class_values=[1, 2, 3], class_labels=["dark", "medium", "bright"], tile_size=tile,
         block_size=max(tile, 128), samples_per_epoch=64, batch_size=16, num_workers=0,
         predict_image=str(scene), predict_overlap=overlap,
         predict_output=str(out / "rgb_byte_classes.tif"))

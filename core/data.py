@@ -227,6 +227,9 @@ class ConvNeXtDataModule(LightningDataModule):
         predict_paths: files or folders to predict on; default: the test split.
     """
 
+    # File endings that count as samples when a folder is given to predict on.
+    file_extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+
     def __init__(
         self,
         image_size: int | list[int] = 224,
@@ -384,7 +387,8 @@ class ConvNeXtDataModule(LightningDataModule):
         for item in self.hparams.predict_paths:
             p = Path(item).expanduser()
             if p.is_dir():
-                files += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+                files += sorted(q for q in p.rglob("*")
+                                if q.is_file() and q.suffix.lower() in self.file_extensions)
             elif p.is_file():
                 files.append(p)
             else:

@@ -62,7 +62,9 @@ def stratified_split(
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
     seen, assigned = 0, [0, 0, 0]
     for stratum in sorted(by_stratum):
-        group_keys = sorted(by_stratum[stratum], key=str)
+        # Groups in order of first appearance: the split must not depend on the key values,
+        # which may be per-run pseudonyms (patients).
+        group_keys = by_stratum[stratum]
         order = rng.permutation(len(group_keys))
         # Allocate against the running total so per-stratum rounding does not pile up.
         seen += len(group_keys)

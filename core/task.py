@@ -52,6 +52,8 @@ class ConvNeXtTask(LightningModule):
     target_key: str = "label"
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    # Metrics of build_metrics() too costly to update on every training step.
+    eval_only_metrics: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -108,7 +110,8 @@ class ConvNeXtTask(LightningModule):
 
     def configure_metrics(self) -> None:
         metrics = self.build_metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
+        kept = {k: m for k, m in metrics.clone().items(keep_base=True) if k not in self.eval_only_metrics}
+        self.train_metrics = MetricCollection(kept, prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 

@@ -30,7 +30,7 @@ def scene(tmp_path):
 
 def scene_dm(scene, **kwargs):
     args = dict(image=str(scene["scene"]), labels=str(scene["labels"]), class_values=[1, 2, 3],
-                class_names=["water", "crop", "bare_soil"], tile_size=32, block_size=32,
+                class_labels=["water", "crop", "bare_soil"], tile_size=32, block_size=32,
                 batch_size=4, samples_per_epoch=8, val_fraction=0.25, test_fraction=0.25)
     return SceneSegmentationDataModule(**{**args, **kwargs})
 

@@ -15,6 +15,7 @@ from domains.agriculture.synthetic import write_demo_scene
 from domains.manufacturing import elpv as elpv_module
 
 from .conftest import TINY, make_defect_folders, write_defect_image
+from .dicom_helpers import make_ct_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -51,6 +52,18 @@ def _patches(tmp_path, monkeypatch):
     return [f"--data.init_args.root={_agri(tmp_path)['patches']}"]
 
 
+def _dicom(tmp_path, monkeypatch):
+    study = make_ct_study(tmp_path / "study", n_patients=8, per_patient=2)
+    return [f"--data.init_args.manifest={study['labels']}", "--data.init_args.val_fraction=0.25",
+            "--data.init_args.test_fraction=0.25"]
+
+
+def _dicom_masks(tmp_path, monkeypatch):
+    study = make_ct_study(tmp_path / "study", n_patients=8, per_patient=2)
+    return [f"--data.init_args.manifest={study['masks']}", "--model.init_args.decoder_channels=16",
+            "--data.init_args.val_fraction=0.25", "--data.init_args.test_fraction=0.25"]
+
+
 # Per datamodule: how to give it tiny synthetic data. A config whose datamodule is missing here
 # fails the test, so every new config is covered.
 SYNTHETIC_DATA = {
@@ -58,6 +71,8 @@ SYNTHETIC_DATA = {
     "DefectFolderDataModule": _folder,
     "SceneSegmentationDataModule": _scene,
     "GeoTiffFolderDataModule": _patches,
+    "DicomDataModule": _dicom,
+    "DicomSegmentationDataModule": _dicom_masks,
 }
 
 

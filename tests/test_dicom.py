@@ -17,7 +17,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom import uid  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.datadict import tag_for_keyword  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.pixels import convert_color_space, get_decoder, get_encoder  # noqa: E402
 
@@ -31,29 +31,7 @@ from domains.medical.dicom import (  # noqa: E402
     parse_windows,
     read_dicom,
 )
-
-PATIENT = {
-    "PatientName": "Doe^Janette",
-    "PatientID": "PID-98765",
-    "PatientBirthDate": "19700101",
-    "AccessionNumber": "ACC-55555",
-    "OtherPatientIDs": "OTHER-4242",
-}
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
-                bits_stored: int | None = None, modality: str = "CT", **attrs) -> Path:
-    """A minimal valid DICOM file (Explicit VR Little Endian) holding ``pixels``."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = uid.CTImageStorage if modality == "CT" else uid.SecondaryCaptureImageStorage
-    ds.Modality = modality
-    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tests.dicom_helpers import PATIENT, write_dicom  # noqa: E402
 
 
 def bundled(name: str) -> str:

@@ -103,7 +103,8 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         labels: label GeoTIFF on the image grid (dense classes or sparse labelled pixels).
         class_values: label raster codes of the classes, in class order; other codes and the
             label nodata are unlabelled.
-        class_names: names of the classes (default: ``class_<code>``).
+        class_labels: names of the classes, one per class value (default ``class_<code>``).
+            (Not ``class_names``: that key belongs to the model, which gets it linked.)
         bands: bands to use, by name or 1-based index (default all).
         band_names: names of the bands of a single multiband file, e.g. [blue, green, red, nir].
         band_roles: map roles (red, nir, green, swir1, ...) to band names for spectral indices
@@ -130,7 +131,7 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         image: str | list[str] | None = None,
         labels: str | None = None,
         class_values: list[int] | None = None,
-        class_names: list[str] | None = None,
+        class_labels: list[str] | None = None,
         bands: list[str | int] | None = None,
         band_names: list[str] | None = None,
         band_roles: dict[str, str] | None = None,
@@ -159,10 +160,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         if block_size < tile_size:
             raise DataError(f"block_size {block_size} is smaller than tile_size {tile_size}; a tile "
                             "must fit in one spatial block (raise block_size or lower tile_size)")
-        if class_names is not None and len(class_names) != len(class_values):
-            raise DataError(f"{len(class_names)} class_names for {len(class_values)} class_values")
+        if class_labels is not None and len(class_labels) != len(class_values):
+            raise DataError(f"{len(class_labels)} class_labels for {len(class_values)} class_values")
         self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []))
-        self._class_names = list(class_names or [f"class_{v}" for v in class_values])
+        self._class_names = list(class_labels or [f"class_{v}" for v in class_values])
 
     def build_source(self) -> SceneTileSource:
         h = self.hparams

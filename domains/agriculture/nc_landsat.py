@@ -24,5 +24,5 @@ def datamodule_args(folder: str | Path) -> dict[str, Any]:
         "band_names": BAND_NAMES,
         "labels": str(folder / LABELS),
         "class_values": list(range(1, 8)),
-        "class_names": CLASS_NAMES,
+        "class_labels": CLASS_NAMES,
     }

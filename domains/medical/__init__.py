@@ -1,1 +1,7 @@
-"""Medical imaging: DICOM reading (modality LUT, windowing, frames, spacing) without patient identifiers."""
+"""Medical imaging: DICOM reading, patient-level splits, clinical metrics, segmentation."""
+
+from domains.medical.datamodules import DicomDataModule, DicomSegmentationDataModule
+from domains.medical.tasks import MedicalClassificationTask, MedicalSegmentationTask
+
+__all__ = ["DicomDataModule", "DicomSegmentationDataModule", "MedicalClassificationTask",
+           "MedicalSegmentationTask"]
