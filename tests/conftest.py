@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from PIL import Image
+from torch.utils.data import DataLoader
 
 # A ConvNeXt with one block per stage and few channels: fast enough for CPU unit tests.
 TINY = {"backbone": "convnext_atto", "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
@@ -17,6 +19,24 @@ REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def cpu_trainer(tmp_path: Path, **kwargs) -> Trainer:
+    """A quiet CPU trainer for unit tests; keyword arguments override the defaults."""
+    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False,
+                    default_root_dir=tmp_path)
+    return Trainer(**{**defaults, **kwargs})
+
+
+def mean_loss(task, data) -> float:
+    """The task's loss over the whole of a small dataset, in eval mode."""
+    task.eval()
+    with torch.no_grad():
+        batch = next(iter(DataLoader(data, batch_size=len(data))))
+        loss = float(task.compute_loss(task(batch["image"]), batch[task.target_key]))
+    task.train()
+    return loss
 
 
 def write_defect_image(path: Path, defect: bool, rng: np.random.Generator, size: int = 48,

@@ -70,3 +70,33 @@ def test_nc_landsat_segmentation_end_to_end(tmp_path):
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         classes = out.read(1)
         assert set(map(int, set(classes.ravel().tolist()))) <= set(range(7)) | {255}
+
+
+CT_CONTRAST = REALDATA / "medical" / "ct_contrast"
+
+
+@pytest.mark.skipif(not CT_CONTRAST.is_dir(), reason=f"real data not found at {CT_CONTRAST}")
+def test_ct_contrast_patient_split_end_to_end(tmp_path):
+    import pydicom
+
+    from domains.medical import DicomDataModule, MedicalClassificationTask
+    from domains.medical.ct_contrast import write_manifest
+
+    manifest = write_manifest(CT_CONTRAST, tmp_path / "manifest.csv")
+    dm = DicomDataModule(manifest=str(manifest), label_columns=["contrast"], patient_column=None,
+                         window="file", image_size=64, batch_size=16, val_fraction=0.2,
+                         test_fraction=0.3, positive_classes=["True"])
+    assert dm.class_names == ["False", "True"] and len(dm.source) == 100
+    dm.setup("fit")
+    patients = {s: {str(pydicom.dcmread(dm.source.paths[i], stop_before_pixels=True).PatientID)
+                    for i in idx} for s, idx in dm.splits.items()}
+    assert sum(len(p) for p in patients.values()) == 54  # each patient in exactly one split
+    assert not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
+    task = MedicalClassificationTask(**TINY, in_chans=1, num_classes=2, class_names=dm.class_names,
+                                     positive_classes=["True"], lr=2e-3)
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=True, enable_progress_bar=False,
+                      default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    results = trainer.test(task, datamodule=dm)[0]
+    assert 0.0 <= results["test/auroc"] <= 1.0
+    assert 0.0 <= results["test/op_sensitivity"] <= 1.0

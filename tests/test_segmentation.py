@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import CSVLogger
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -12,7 +12,8 @@ from core.heads import FPNHead, UPerHead, build_head
 from core.losses import masked_cross_entropy, soft_dice_loss
 from core.segmentation import SegmentationTask
 
-from .conftest import TINY
+from .conftest import TINY, mean_loss
+from .conftest import cpu_trainer as trainer
 
 IGNORE = 255
 # Small decoders keep the CPU tests fast; the head is sized from the pyramid either way.
@@ -43,22 +44,6 @@ def block_data(n=16, size=32, block=8, seed=0):
     masks[:, :4] = IGNORE
     images[:, :, :4] = 5.0
     return MaskDataset(images, masks)
-
-
-def trainer(tmp_path, **kwargs):
-    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False,
-                    default_root_dir=tmp_path)
-    return Trainer(**{**defaults, **kwargs})
-
-
-def mean_loss(task, data):
-    task.eval()
-    with torch.no_grad():
-        batch = next(iter(DataLoader(data, batch_size=len(data))))
-        loss = float(task.compute_loss(task(batch["image"]), batch["mask"]))
-    task.train()
-    return loss
 
 
 # ---- heads -------------------------------------------------------------------------------

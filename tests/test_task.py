@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
@@ -12,7 +11,8 @@ from core.classification import ClassificationTask
 from core.recipe import warmup_cosine
 from domains.manufacturing import DefectClassificationTask
 
-from .conftest import TINY
+from .conftest import TINY, mean_loss
+from .conftest import cpu_trainer as trainer
 
 
 class DictDataset(Dataset):
@@ -34,20 +34,6 @@ def separable_data(n=32, chans=1, size=32, seed=0, multilabel=False):
     if multilabel:
         labels = torch.stack([labels, 1 - labels, torch.ones_like(labels)], dim=1)
     return DictDataset(images, labels)
-
-
-def trainer(tmp_path, **kwargs):
-    defaults = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False,
-                    default_root_dir=tmp_path)
-    return Trainer(**{**defaults, **kwargs})
-
-
-def mean_loss(task, data):
-    task.eval()
-    with torch.no_grad():
-        batch = next(iter(DataLoader(data, batch_size=len(data))))
-        return float(task.compute_loss(task(batch["image"]), batch["label"]))
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
