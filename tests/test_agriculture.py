@@ -1,5 +1,7 @@
 """Agriculture domain on synthetic GeoTIFFs written with rasterio in tmp_path."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -266,3 +268,31 @@ def test_whole_scene_prediction_is_georeferenced_and_correct(tmp_path, scene):
     assert (classes[inside] == truth[inside]).mean() > 0.99
     with rasterio.open(tmp_path / "pred" / "classes_probabilities.tif") as probs:
         assert probs.count == 3 and probs.descriptions[0] == "P(water)"
+
+
+def test_cli_fit_then_predict_scene_from_checkpoint(tmp_path, monkeypatch):
+    """The documented commands: fit, then predict a scene with the checkpoint's statistics."""
+    from core.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    data = write_demo_scene(tmp_path / "agri", 96, 96, sparse=0.2, patches_per_class=1)
+    config = Path(__file__).resolve().parents[1] / "configs" / "agriculture" / "segmentation.yaml"
+    base = ["--config", str(config), f"--model.init_args.depths={TINY['depths']}",
+            f"--model.init_args.dims={TINY['dims']}", "--model.init_args.decoder_channels=16",
+            f"--data.init_args.image={data['scene']}", f"--data.init_args.labels={data['labels']}",
+            "--data.init_args.tile_size=32", "--data.init_args.block_size=32",
+            "--data.init_args.samples_per_epoch=8", "--data.init_args.num_workers=0",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    fit = run_cli(["fit", *base, "--trainer.max_epochs=1"])
+    ckpt = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    stats = torch.load(ckpt, map_location="cpu", weights_only=False)["preprocessing"]
+    assert stats["channel_names"] == ["blue", "green", "red", "nir", "NDVI", "NDWI"]
+    assert len(stats["mean"]) == 6 and stats["tile_size"] == 32
+    monkeypatch.setattr(SceneSegmentationDataModule, "compute_stats",
+                        lambda self: pytest.fail("statistics recomputed instead of restored"))
+    pred = run_cli(["predict", *base, f"--ckpt_path={ckpt}", f"--data.init_args.predict_image={data['scene']}"])
+    assert pred.datamodule.mean == stats["mean"]
+    out = Path(pred.trainer.log_dir) / "scene_classes.tif"
+    with rasterio.open(out) as ds, rasterio.open(data["scene"]) as src:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        assert set(np.unique(ds.read(1)).tolist()) <= {0, 1, 2, 255}
