@@ -5,25 +5,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import DataError
+from core.preprocess import (  # noqa: F401  (re-exported for domains)
+    IMAGE_EXTENSIONS,
+    Channels,
+    detect_channels,
+    read_image_file,
+    scale_to_unit,
+)
 from core.splits import SPLITS, split_from_column, stratified_split
 from core.transforms import AugmentLevel, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-Channels = Literal["gray", "rgb"]
-
-
-class DataError(ValueError):
-    """Bad user data; the message names the file or value and how to fix it."""
 
 
 # ---- sample sources ------------------------------------------------------------------------
@@ -46,57 +47,6 @@ class SampleSource:
     def read(self, index: int) -> dict[str, Any]:
         """One sample: ``image`` (HWC float32), ``label`` or ``mask``, and ``id``."""
         return {"image": self.read_image(index), "label": self.labels[index], "id": self.ids[index]}
-
-
-def scale_to_unit(array: np.ndarray) -> np.ndarray:
-    """Integer images to float32 in [0, 1] by their dtype's range; floats pass through."""
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        return (array.astype(np.float32) - info.min) / float(info.max - info.min)
-    return array.astype(np.float32)
-
-
-def read_image_file(path: str | Path, channels: Channels) -> np.ndarray:
-    """Read an image file as HWC float32 in [0, 1] with the expected channel layout."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                mode = img.mode
-            if mode in ("RGBA", "LA") and img.getextrema()[-1][0] == 255:
-                img = img.convert("RGB" if mode == "RGBA" else "L")  # fully opaque alpha carries nothing
-                mode = img.mode
-            array = np.asarray(img)
-            if mode == "I;16" or mode.startswith("I;16"):
-                array = array.astype(np.uint16)
-    except FileNotFoundError as err:
-        raise DataError(f"image file '{path}' does not exist; fix the path or remove it from the list") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(
-            f"cannot read image '{path}' ({err}); the file is corrupt or not an image: replace or "
-            "delete it"
-        ) from err
-    found = 1 if array.ndim == 2 else array.shape[2]
-    wanted = 1 if channels == "gray" else 3
-    if found != wanted:
-        raise DataError(
-            f"image '{path}' has {found} channel(s) (mode {mode}) but the data module expects "
-            f"{wanted} (channels: {channels}); set data.init_args.channels to "
-            f"{'rgb' if found >= 3 else 'gray'} or convert the file"
-        )
-    array = scale_to_unit(array)
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def detect_channels(path: str | Path) -> Channels:
-    """Guess gray/rgb from one image file's mode."""
-    try:
-        with Image.open(path) as img:
-            return "gray" if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else "rgb"
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"cannot read image '{path}' ({err}); replace or delete it") from err
 
 
 class ImageFileSource(SampleSource):

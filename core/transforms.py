@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
+
+from core.preprocess import resize_image, resize_mask
 
 AugmentLevel = Literal["none", "flips", "dihedral", "default", "strong"]
 
@@ -56,6 +59,11 @@ def train_transform(
 def eval_transform(
     image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float]
 ) -> A.Compose:
-    """Evaluation/prediction pipeline: resize and normalise only."""
-    h, w = _size(image_size)
-    return A.Compose([A.Resize(h, w), _normalize(mean, std), ToTensorV2()])
+    """Evaluation/prediction pipeline: resize and normalise only.
+
+    The resize is :func:`core.preprocess.resize_image` (PIL), the one the torch-free bundle
+    predictor uses, so exported models get identical inputs.
+    """
+    size = _size(image_size)
+    resize = A.Lambda(image=partial(resize_image, size=size), mask=partial(resize_mask, size=size))
+    return A.Compose([resize, _normalize(mean, std), ToTensorV2()])

@@ -1,6 +1,9 @@
 """Agriculture / remote sensing: multispectral GeoTIFF scenes and patches."""
 
-from domains.agriculture.datamodules import GeoTiffFolderDataModule, SceneSegmentationDataModule
-from domains.agriculture.tasks import SceneSegmentationTask
+from core.lazy import lazy_exports
 
 __all__ = ["GeoTiffFolderDataModule", "SceneSegmentationDataModule", "SceneSegmentationTask"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "GeoTiffFolderDataModule": "datamodules", "SceneSegmentationDataModule": "datamodules",
+    "SceneSegmentationTask": "tasks",
+})

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from core.data import DataError
+from core.errors import DataError
 
 # Normalised differences (a - b) / (a + b) by band role.
 NORMALISED_DIFFERENCES: dict[str, tuple[str, str]] = {

@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from core.data import DataError
+from core.errors import DataError
 
 log = logging.getLogger(__name__)
 

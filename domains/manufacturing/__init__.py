@@ -1,7 +1,8 @@
 """Manufacturing defect inspection: ELPV solar cells, image folders, defect operating points."""
 
-from domains.manufacturing.elpv import ELPVDataModule
-from domains.manufacturing.folder import DefectFolderDataModule
-from domains.manufacturing.task import DefectClassificationTask
+from core.lazy import lazy_exports
 
 __all__ = ["DefectClassificationTask", "DefectFolderDataModule", "ELPVDataModule"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DefectClassificationTask": "task", "DefectFolderDataModule": "folder", "ELPVDataModule": "elpv",
+})

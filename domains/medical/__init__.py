@@ -1,7 +1,10 @@
 """Medical imaging: DICOM reading, patient-level splits, clinical metrics, segmentation."""
 
-from domains.medical.datamodules import DicomDataModule, DicomSegmentationDataModule
-from domains.medical.tasks import MedicalClassificationTask, MedicalSegmentationTask
+from core.lazy import lazy_exports
 
 __all__ = ["DicomDataModule", "DicomSegmentationDataModule", "MedicalClassificationTask",
            "MedicalSegmentationTask"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DicomDataModule": "datamodules", "DicomSegmentationDataModule": "datamodules",
+    "MedicalClassificationTask": "tasks", "MedicalSegmentationTask": "tasks",
+})

@@ -23,8 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pydicom
-import torch
-import torch.nn.functional as F
 from pydicom import uid as dcm_uid
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -42,7 +40,8 @@ from pydicom.pixels.utils import get_nr_frames
 from pydicom.sequence import Sequence as SequenceOfItems
 from pydicom.valuerep import DSfloat
 
-from core.data import DataError
+from core.errors import DataError
+from core.preprocess import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -446,20 +445,18 @@ def _resample(array: np.ndarray, spacing: tuple[float, float], target: tuple[flo
               ) -> tuple[np.ndarray, tuple[float, float]]:
     """Resample FHWC ``array`` from ``spacing`` to ``target`` mm pixels.
 
-    Bilinear with antialiasing: a convex combination of neighbours, so values stay inside the
-    input range (no overshoot for windowing to clip) and downsampling does not alias.
+    Bilinear (PIL, antialiased when shrinking): a convex combination of neighbours, so values
+    stay inside the input range (no overshoot for windowing to clip) and downsampling does not
+    alias. numpy/PIL only, so the torch-free predictor resamples identically.
     """
     frames, height, width, channels = array.shape
     new_h = max(1, round(height * spacing[0] / target[0]))
     new_w = max(1, round(width * spacing[1] / target[1]))
     if (new_h, new_w) == (height, width):
         return array, spacing
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
-    out = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                        antialias=True)
+    out = np.stack([resize_image(np.ascontiguousarray(f, dtype=np.float32), (new_h, new_w)) for f in array])
     # The spacing actually reached: sizes are whole pixels.
-    return (out.permute(0, 2, 3, 1).numpy(),
-            (height * spacing[0] / new_h, width * spacing[1] / new_w))
+    return out, (height * spacing[0] / new_h, width * spacing[1] / new_w)
 
 
 # ---- public API ------------------------------------------------------------------------------
