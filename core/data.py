@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -354,12 +355,25 @@ class ConvNeXtDataModule(LightningDataModule):
     def preprocessing(self) -> dict[str, Any]:
         """Everything prediction needs to reproduce training's input pipeline."""
         return {
+            "reader": "image",
+            "channels": getattr(self.source, "channels", None),
             "in_chans": self.in_chans,
             "image_size": self.hparams.image_size,
             "mean": list(map(float, self.mean)) if self.mean is not None else None,
             "std": list(map(float, self.std)) if self.std is not None else None,
             "class_names": list(self.class_names),
             "input_scaling": "integer images divided by their dtype's maximum (uint8: 255)",
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Counts and a hash of the sample list: identifies the training data without it."""
+        ids = "\n".join(sorted(map(str, self.source.ids)))
+        return {
+            "num_samples": len(self.source),
+            "split_sizes": self.split_sizes(),
+            "train_class_counts": self.train_class_counts(),
+            "sample_list_sha256": hashlib.sha256(ids.encode()).hexdigest(),
+            "split_seed": self.hparams.seed,
         }
 
     def split_sizes(self) -> dict[str, int]:

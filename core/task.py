@@ -220,7 +220,9 @@ class ConvNeXtTask(LightningModule):
 
     # ---- the preprocessing contract travels with the checkpoint ---------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What an export needs to rebuild the task and describe its data, without the data.
+        checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        contract = getattr(datamodule, "preprocessing", None)
-        if callable(contract):
-            checkpoint["preprocessing"] = contract()
+        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+            checkpoint["preprocessing"] = datamodule.preprocessing()
+            checkpoint["data_fingerprint"] = datamodule.fingerprint()

@@ -84,7 +84,8 @@ class _BandsMixin:
         return len(self.channel_names)
 
     def band_contract(self) -> dict[str, Any]:
-        return {"bands": self.source.stack.names, "band_roles": self.spec.band_roles,
+        return {"bands": self.source.stack.names, "band_names": self.spec.band_names,
+                "band_roles": self.spec.band_roles,
                 "nodata": self.spec.nodata, "indices": [i.upper() for i in self.spec.indices],
                 "channel_names": self.channel_names}
 
@@ -245,7 +246,8 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
-        return {**super().preprocessing(), **self.band_contract(), "tile_size": h.tile_size,
+        return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_scene",
+                "tile_size": h.tile_size,
                 "predict_overlap": h.predict_overlap, "ignore_index": h.ignore_index,
                 "class_values": list(h.class_values)}
 
@@ -286,4 +288,4 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), **self.band_contract()}
+        return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_patch"}

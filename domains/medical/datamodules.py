@@ -281,8 +281,8 @@ class DicomDataModule(ConvNeXtDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
-        return {**super().preprocessing(), "modality_lut": True, "window": h.window, "frames": h.frames,
-                "target_spacing": h.target_spacing}
+        return {**super().preprocessing(), "reader": "dicom", "modality_lut": True, "window": h.window,
+                "frames": h.frames, "target_spacing": h.target_spacing}
 
     def teardown(self, stage: str) -> None:
         """Write the skipped-file report next to the run's logs."""
