@@ -1,0 +1,206 @@
+"""``convnext-domains predict --bundle DIR INPUT... --out OUT``: run a bundle without torch.
+
+Imports only numpy, PIL, onnxruntime and, for their domains, pydicom or rasterio. The inputs
+are read and preprocessed by the same functions the training pipeline evaluates with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.bundle import Bundle, load_bundle
+from core.errors import DataError
+from core.preprocess import IMAGE_EXTENSIONS, normalize, read_image_file, to_network_input
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {
+    "image": IMAGE_EXTENSIONS,
+    "dicom": (".dcm", ".dicom", ".ima", ""),
+    "geotiff_patch": (".tif", ".tiff"),
+    "geotiff_scene": (".tif", ".tiff"),
+}
+
+
+def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[Path]:
+    """Files, and the matching files inside folders, in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"input '{p}' does not exist")
+    if not files:
+        raise DataError(f"no input files found in {[str(i) for i in inputs]} (looked for {', '.join(e or 'no extension' for e in extensions)})")
+    return files
+
+
+def _band_spec(contract: dict[str, Any]):
+    from domains.agriculture.bands import BandSpec
+
+    return BandSpec(contract.get("bands"), contract.get("band_names"), contract.get("band_roles"),
+                    contract.get("nodata"), list(contract.get("indices") or []))
+
+
+def read_input(path: Path, contract: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """One input as HWC float32 with the bundle's reader, and its id for the outputs."""
+    reader = contract["reader"]
+    if reader == "image":
+        return read_image_file(path, contract.get("channels") or ("gray" if contract["in_chans"] == 1 else "rgb")), str(path)
+    if reader == "dicom":
+        from domains.medical.dicom import read_dicom
+
+        frames = contract.get("frames", "middle")
+        image = read_dicom(path, window=contract.get("window"), frame=frames if frames != "all" else "middle",
+                           target_spacing=contract.get("target_spacing"))
+        return image.image, str(path)
+    if reader == "geotiff_patch":
+        from rasterio.windows import Window
+
+        spec = _band_spec(contract)
+        stack = spec.open(str(path))
+        try:
+            return spec.read(stack, Window(0, 0, stack.width, stack.height))[0], str(path)
+        finally:
+            stack.close()
+    raise DataError(f"bundle input reader '{reader}' is not supported by this version")
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | None,
+             batch_size: int) -> dict[str, Path]:
+    """Class probabilities and decisions for each file -> predictions.csv and .json."""
+    meta, contract = bundle.meta, bundle.meta["input"]
+    names = meta["class_names"]
+    decision = meta.get("decision") or {}
+    multilabel = meta["task"] == "multilabel"
+    cut = threshold if threshold is not None else decision.get("threshold")
+    if cut is None:
+        cut = 0.5
+    rows: list[dict[str, Any]] = []
+    for chunk in _batches(files, batch_size):
+        images, ids = zip(*(read_input(f, contract) for f in chunk), strict=True)
+        size = contract.get("image_size")
+        batch = np.stack([to_network_input(im, size, contract["mean"], contract["std"]) for im in images])
+        probs = bundle.probabilities(batch)
+        for sample_id, p in zip(ids, probs, strict=True):
+            row: dict[str, Any] = {"id": sample_id, **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)}}
+            if multilabel:
+                row["predicted_labels"] = ";".join(n for n, v in zip(names, p, strict=True) if v >= cut)
+            else:
+                row["predicted_class"] = names[int(np.argmax(p))]
+            if decision.get("positive_index") and not multilabel:
+                score = float(p[decision["positive_index"]].sum())
+                row.update(score=score, threshold=float(cut), decision="positive" if score >= cut else "negative")
+            rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / "predictions.csv", out / "predictions.json"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps({
+        "bundle": str(bundle.path), "task": meta["task"], "class_names": names,
+        "threshold": float(cut) if (decision or multilabel) else None,
+        "threshold_source": "command line" if threshold is not None else "bundle metadata",
+        "predictions": rows,
+    }, indent=2))
+    return {"csv": csv_path, "json": json_path}
+
+
+def segment_images(bundle: Bundle, files: list[Path], out: Path, batch_size: int) -> dict[str, Path]:
+    """Per-file class masks as PNG (class index per pixel, at the network input size)."""
+    from PIL import Image
+
+    contract = bundle.meta["input"]
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for chunk in _batches(files, batch_size):
+        images, ids = zip(*(read_input(f, contract) for f in chunk), strict=True)
+        batch = np.stack([to_network_input(im, contract.get("image_size"), contract["mean"], contract["std"])
+                          for im in images])
+        for f, p in zip(chunk, bundle.probabilities(batch), strict=True):
+            path = out / f"{f.stem}_mask.png"
+            Image.fromarray(p.argmax(axis=0).astype(np.uint8)).save(path)
+            written[str(f)] = path
+    return written
+
+
+def segment_scene(bundle: Bundle, scene: Path, out: Path, batch_size: int,
+                  write_probabilities: bool = False) -> Path:
+    """Whole-scene prediction of a GeoTIFF of any size, written strip by strip."""
+    from domains.agriculture.scene import SceneWriter, grid_windows
+
+    contract = bundle.meta["input"]
+    spec = _band_spec(contract)
+    stack = spec.open(str(scene))
+    if stack.names != list(contract["bands"]):
+        raise DataError(f"'{scene}' gives bands {stack.names}; the model needs {contract['bands']}")
+    tile, overlap = int(contract["tile_size"]), int(contract.get("predict_overlap", 0))
+    target = out / f"{scene.stem}_classes.tif"
+    probs_path = target.with_name(target.stem + "_probabilities.tif") if write_probabilities else None
+    writer = SceneWriter(target, {"width": stack.width, "height": stack.height, "crs": stack.crs,
+                                  "transform": stack.transform},
+                         bundle.meta["class_names"], tile, overlap, probs_path)
+    try:
+        for windows in _batches(grid_windows(stack.width, stack.height, tile, overlap), batch_size):
+            reads = [spec.read(stack, w) for w in windows]
+            batch = np.stack([normalize(img, contract["mean"], contract["std"]).transpose(2, 0, 1)
+                              for img, _ in reads])
+            for w, (_, valid), p in zip(windows, reads, bundle.probabilities(batch), strict=True):
+                writer.add(w, p, valid)
+    finally:
+        writer.close()
+        stack.close()
+    return target
+
+
+def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Path,
+            threshold: float | None = None, batch_size: int = 16,
+            write_probabilities: bool = False) -> dict[str, Any]:
+    """Verify the bundle, read the inputs its way, and write the predictions under ``out``."""
+    bundle = load_bundle(bundle_dir)
+    reader, out = bundle.meta["input"]["reader"], Path(out)
+    files = expand_inputs(inputs, EXTENSIONS.get(reader, IMAGE_EXTENSIONS))
+    if reader == "geotiff_scene":
+        return {"scenes": [segment_scene(bundle, f, out, batch_size, write_probabilities) for f in files]}
+    if bundle.meta["task"] == "segmentation":
+        return {"masks": segment_images(bundle, files, out, batch_size)}
+    return classify(bundle, files, out, threshold, batch_size)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="convnext-domains predict --bundle",
+        description="Run an exported bundle with ONNX Runtime (no torch needed).")
+    parser.add_argument("--bundle", required=True, help="bundle directory from convnext-domains export")
+    parser.add_argument("inputs", nargs="+", help="image/DICOM/GeoTIFF files or folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decision threshold overriding the one in metadata.json")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--write-probabilities", action="store_true",
+                        help="GeoTIFF scenes: also write per-class probabilities")
+    args = parser.parse_args(argv)
+    try:
+        written = predict(args.bundle, args.inputs, args.out, args.threshold, args.batch_size,
+                          args.write_probabilities)
+    except DataError as err:
+        parser.exit(2, f"error: {err}\n")
+    for kind, value in written.items():
+        print(f"{kind}: {value if not isinstance(value, dict) else len(value)}")
