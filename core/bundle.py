@@ -98,8 +98,10 @@ def load_bundle(path: str | Path) -> Bundle:
                           "convnext-domains export --ckpt RUN.ckpt --out DIR")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{meta_path} is not valid JSON ({err}); re-export the bundle") from err
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} does not hold a JSON object; re-export the bundle")
     version = str(meta.get("schema_version", ""))
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise BundleError(f"bundle '{folder}' has schema version {version or 'none'}; this "
@@ -112,6 +114,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if MODEL not in files:
         raise BundleError(f"bundle '{folder}' lists no {MODEL}; re-export it")
     for name, expected in files.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise BundleError(f"{meta_path} lists '{name}', which is not a file of the bundle folder")
         file = folder / name
         if not file.is_file():
             raise BundleError(f"bundle '{folder}' is missing {name}; copy the whole bundle folder")

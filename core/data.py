@@ -362,7 +362,7 @@ class ConvNeXtDataModule(LightningDataModule):
             "mean": list(map(float, self.mean)) if self.mean is not None else None,
             "std": list(map(float, self.std)) if self.std is not None else None,
             "class_names": list(self.class_names),
-            "input_scaling": "integer images divided by their dtype's maximum (uint8: 255)",
+            "input_scaling": "integer images scaled to [0, 1] as (x - dtype min) / (dtype max - dtype min)",
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class _BandsMixin:
         return len(self.channel_names)
 
     def band_contract(self) -> dict[str, Any]:
-        return {"bands": self.source.stack.names, "band_names": self.spec.band_names,
+        return {"input_scaling": "band values as stored in the GeoTIFF; nodata masked",
+                "bands": self.source.stack.names, "band_names": self.spec.band_names,
                 "band_roles": self.spec.band_roles,
                 "nodata": self.spec.nodata, "indices": [i.upper() for i in self.spec.indices],
                 "channel_names": self.channel_names}

@@ -1,7 +1,8 @@
 """``make demo``: fine-tune a ConvNeXt on the real ELPV solar-cell images and report test metrics.
 
-Trains with ``configs/manufacturing/elpv.yaml``, tests the best checkpoint, and leaves the
-checkpoint, ``metrics.json`` and plots in the run's log directory.
+Trains with ``configs/manufacturing/elpv.yaml``, tests the best checkpoint, leaves the
+checkpoint, ``metrics.json`` and plots in the run's log directory, exports the model as a
+bundle and runs the bundle on a few test cells in a process where torch cannot be imported.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from core.export import export_bundle
 from rich.console import Console
 from rich.table import Table
 
 from core.cli import run_cli
+from core.torch_free import run_without_torch
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "manufacturing" / "elpv.yaml"
 
@@ -50,8 +53,20 @@ def main(argv: list[str] | None = None) -> None:
     report = json.loads((log_dir / "metrics.json").read_text())
     console = Console()
     console.print(summary_table(report, elapsed))
-    console.print(f"best checkpoint: {cli.trainer.checkpoint_callback.best_model_path}")
+    best = cli.trainer.checkpoint_callback.best_model_path
+    console.print(f"best checkpoint: {best}")
     console.print(f"report and plots: {log_dir}/metrics.json, confusion_matrix.png, roc_curve.png")
+
+    bundle = export_bundle(best, log_dir / "bundle", overwrite=True)
+    parity = json.loads((bundle / "metadata.json").read_text())["parity"]["max_abs_diff"]
+    console.print(f"exported bundle: {bundle} (ONNX vs Lightning max |dp| = {parity:.2e})")
+    test_ids = [cli.datamodule.source.ids[i] for i in cli.datamodule.splits["test"][:8]]
+    result = run_without_torch(["predict", "--bundle", str(bundle), *test_ids,
+                                "--out", str(log_dir / "bundle_predictions")])
+    if result.returncode != 0:
+        raise SystemExit(f"torch-free prediction failed:\n{result.stderr[-2000:]}")
+    console.print("torch-free predict (onnxruntime only; torch blocked) on 8 test cells:")
+    console.print((log_dir / "bundle_predictions" / "predictions.csv").read_text())
 
 
 if __name__ == "__main__":

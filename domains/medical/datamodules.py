@@ -281,7 +281,8 @@ class DicomDataModule(ConvNeXtDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
-        return {**super().preprocessing(), "reader": "dicom", "modality_lut": True, "window": h.window,
+        return {**super().preprocessing(), "reader": "dicom", "modality_lut": True,
+                "input_scaling": "modality LUT values (HU for CT); each window maps to [0, 1]", "window": h.window,
                 "frames": h.frames, "target_spacing": h.target_spacing}
 
     def teardown(self, stage: str) -> None:
