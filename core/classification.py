@@ -144,6 +144,8 @@ class ClassificationTask(ConvNeXtTask):
                 "auroc": MultilabelAUROC(k),
                 "average_precision": MultilabelAveragePrecision(k),
             })
+        # No compute groups: the wrapped per-class metrics would share state without their own
+        # updates and warn on every epoch.
         return MetricCollection({
             "acc": MulticlassAccuracy(k, average="micro"),
             "balanced_acc": MulticlassAccuracy(k, average="macro"),
@@ -153,7 +155,7 @@ class ClassificationTask(ConvNeXtTask):
             "precision": ClasswiseWrapper(
                 MulticlassPrecision(k, average=None), labels=names, prefix="precision_"
             ),
-        })
+        }, compute_groups=False)
 
     def update_metrics(self, stage: str, outputs: Tensor, target: Tensor) -> None:
         probs = self.probabilities(outputs)

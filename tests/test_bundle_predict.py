@@ -133,3 +133,21 @@ def test_entry_dispatch(tmp_path, capsys):
         main(["predict", "--bundle", str(tmp_path / "nothing"), str(tmp_path), "--out", str(tmp_path / "o")])
     assert info.value.code == 2
     assert "is not an export bundle" in capsys.readouterr().err
+
+
+def test_medical_segmentation_bundle_writes_png_masks(tmp_path):
+    from PIL import Image
+
+    study = make_ct_study(tmp_path / "study", n_patients=8, per_patient=2)
+    _, ckpt = train("medical/segmentation.yaml", [f"--data.init_args.manifest={study['masks']}",
+                    "--model.init_args.decoder_channels=16", "--data.init_args.image_size=32",
+                    "--data.init_args.batch_size=8", "--data.init_args.val_fraction=0.25",
+                    "--data.init_args.test_fraction=0.25"], tmp_path / "runs", epochs=1)
+    bundle = export_bundle(ckpt, tmp_path / "bundle")
+    result = run_without_torch(["predict", "--bundle", str(bundle), str(study["slices"]),
+                                "--out", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    masks = sorted((tmp_path / "out").glob("*_mask.png"))
+    assert len(masks) == 16
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape == (32, 32) and set(np.unique(mask).tolist()) <= {0, 1}

@@ -7,16 +7,17 @@ bundle and runs the bundle on a few test cells in a process where torch cannot b
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
 from pathlib import Path
 
-from core.export import export_bundle
 from rich.console import Console
 from rich.table import Table
 
 from core.cli import run_cli
+from core.export import export_bundle
 from core.torch_free import run_without_torch
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "manufacturing" / "elpv.yaml"
@@ -60,13 +61,22 @@ def main(argv: list[str] | None = None) -> None:
     bundle = export_bundle(best, log_dir / "bundle", overwrite=True)
     parity = json.loads((bundle / "metadata.json").read_text())["parity"]["max_abs_diff"]
     console.print(f"exported bundle: {bundle} (ONNX vs Lightning max |dp| = {parity:.2e})")
-    test_ids = [cli.datamodule.source.ids[i] for i in cli.datamodule.splits["test"][:8]]
-    result = run_without_torch(["predict", "--bundle", str(bundle), *test_ids,
+    dm = cli.datamodule
+    test = dm.splits["test"]
+    picked = [i for label in (0, 1) for i in test[dm.source.labels[test] == label][:4]]
+    result = run_without_torch(["predict", "--bundle", str(bundle), *(dm.source.ids[i] for i in picked),
                                 "--out", str(log_dir / "bundle_predictions")])
     if result.returncode != 0:
         raise SystemExit(f"torch-free prediction failed:\n{result.stderr[-2000:]}")
-    console.print("torch-free predict (onnxruntime only; torch blocked) on 8 test cells:")
-    console.print((log_dir / "bundle_predictions" / "predictions.csv").read_text())
+    table = Table(title="Bundle on 8 test cells, onnxruntime only (torch blocked)")
+    for column in ("cell", "true class", "P(defective)", "decision"):
+        table.add_column(column)
+    with (log_dir / "bundle_predictions" / "predictions.csv").open() as f:
+        for i, row in zip(picked, csv.DictReader(f), strict=True):
+            table.add_row(Path(row["id"]).name, dm.class_names[int(dm.source.labels[i])],
+                          f"{float(row['prob_defective']):.3f}", row["decision"])
+    console.print(table)
+    console.print(f"predictions: {log_dir / 'bundle_predictions'}/predictions.csv, predictions.json")
 
 
 if __name__ == "__main__":
