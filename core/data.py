@@ -18,6 +18,7 @@ from core.preprocess import (  # noqa: F401  (re-exported for domains)
     IMAGE_EXTENSIONS,
     Channels,
     detect_channels,
+    expand_inputs,
     read_image_file,
     scale_to_unit,
 )
@@ -334,18 +335,7 @@ class ConvNeXtDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if not self.hparams.predict_paths:
             return self.test_dataloader()
-        files: list[Path] = []
-        for item in self.hparams.predict_paths:
-            p = Path(item).expanduser()
-            if p.is_dir():
-                files += sorted(q for q in p.rglob("*")
-                                if q.is_file() and q.suffix.lower() in self.file_extensions)
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise DataError(f"predict path '{p}' does not exist")
-        if not files:
-            raise DataError(f"no images found in predict_paths {self.hparams.predict_paths}")
+        files = expand_inputs(self.hparams.predict_paths, self.file_extensions)
         self.ensure_stats()
         source = self.predict_source(files)
         transform = eval_transform(self.hparams.image_size, self.mean, self.std)

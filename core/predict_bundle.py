@@ -18,7 +18,13 @@ import numpy as np
 
 from core.bundle import Bundle, load_bundle
 from core.errors import DataError
-from core.preprocess import IMAGE_EXTENSIONS, normalize, read_image_file, to_network_input
+from core.preprocess import (
+    IMAGE_EXTENSIONS,
+    expand_inputs,
+    normalize,
+    read_image_file,
+    to_network_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +34,6 @@ EXTENSIONS = {
     "geotiff_patch": (".tif", ".tiff"),
     "geotiff_scene": (".tif", ".tiff"),
 }
-
-
-def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[Path]:
-    """Files, and the matching files inside folders, in a stable order."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"input '{p}' does not exist")
-    if not files:
-        raise DataError(f"no input files found in {[str(i) for i in inputs]} (looked for {', '.join(e or 'no extension' for e in extensions)})")
-    return files
 
 
 def _band_spec(contract: dict[str, Any]):

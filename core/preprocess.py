@@ -19,6 +19,22 @@ Channels = Literal["gray", "rgb"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[Path]:
+    """Files, and the matching files inside folders, in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"input '{p}' does not exist")
+    if not files:
+        raise DataError(f"no input files found in {[str(i) for i in inputs]} (looked for {', '.join(e or 'no extension' for e in extensions)})")
+    return files
+
+
 def scale_to_unit(array: np.ndarray) -> np.ndarray:
     """Integer images to float32 in [0, 1] by their dtype's range; floats pass through."""
     if np.issubdtype(array.dtype, np.integer):
