@@ -111,7 +111,9 @@ class ConvNeXtTask(LightningModule):
     def configure_metrics(self) -> None:
         metrics = self.build_metrics()
         kept = {k: m for k, m in metrics.clone().items(keep_base=True) if k not in self.eval_only_metrics}
-        self.train_metrics = MetricCollection(kept, prefix="train/")
+        # Keep the task's compute-group choice; a new collection would default to groups.
+        self.train_metrics = MetricCollection(
+            kept, prefix="train/", compute_groups=getattr(metrics, "_enable_compute_groups", True))
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
