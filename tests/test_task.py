@@ -175,3 +175,19 @@ def test_balanced_class_weights_and_label_smoothing_change_the_loss():
     assert smooth.compute_loss(logits, target) != pytest.approx(float(base))
     with pytest.raises(ValueError, match="class_weights has 3 entries for 2 classes"):
         ClassificationTask(**TINY, num_classes=2, class_weights=[1.0, 2.0, 3.0])
+
+
+def test_epoch_metrics_reset_cleanly_without_warnings():
+    import warnings
+
+    task = ClassificationTask(**TINY, num_classes=2)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*compute.*called before.*update")
+        for _ in range(3):  # epochs: update, compute, reset
+            for _ in range(2):
+                probs = torch.softmax(torch.randn(8, 2, generator=g), 1)
+                task.train_metrics.update(probs, torch.randint(0, 2, (8,), generator=g))
+            values = task.train_metrics.compute()
+            task.train_metrics.reset()
+    assert {"train/recall_1", "train/precision_1", "train/acc"} <= set(values)
