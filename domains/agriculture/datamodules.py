@@ -190,7 +190,20 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         return self._label_warnings
 
     def strata(self) -> list[int]:
-        return self.source.labels.tolist()
+        """Each tile is stratified by the rarest class present in its block (-1: no labels).
+
+        Stratifying blocks by their dominant class lets rare classes (often a few small
+        patches) all land in one split; keying on the rarest class spreads them over
+        train, val and test in proportion.
+        """
+        source = self.source
+        blocks = np.asarray(source.blocks)
+        per_block = np.zeros((len(source.block_windows), source.class_pixels.shape[1]), dtype=np.int64)
+        np.add.at(per_block, blocks, source.class_pixels)
+        frequency = source.class_pixels.sum(axis=0).astype(float)
+        rarity = np.where(per_block > 0, frequency[None, :], np.inf)
+        rarest = np.where(per_block.sum(axis=1) > 0, rarity.argmin(axis=1), -1)
+        return rarest[blocks].tolist()
 
     def groups(self) -> list[int]:
         return self.source.blocks
