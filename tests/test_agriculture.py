@@ -296,3 +296,15 @@ def test_cli_fit_then_predict_scene_from_checkpoint(tmp_path, monkeypatch):
     with rasterio.open(out) as ds, rasterio.open(data["scene"]) as src:
         assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
         assert set(np.unique(ds.read(1)).tolist()) <= {0, 1, 2, 255}
+
+
+def test_blocks_are_stratified_by_their_rarest_class(scene):
+    dm = scene_dm(scene, block_size=64)
+    src = dm.source
+    totals = src.class_pixels.sum(axis=0)
+    strata = dm.strata()
+    for i, block in enumerate(src.blocks):
+        in_block = src.class_pixels[np.asarray(src.blocks) == block].sum(axis=0)
+        present = np.flatnonzero(in_block)
+        expected = present[np.argmin(totals[present])] if present.size else -1
+        assert strata[i] == expected
