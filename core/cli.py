@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -55,7 +54,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
         trainer_defaults=trainer_defaults(),
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
-        args=args if args is not None else sys.argv[1:],
+        args=args,  # None: LightningCLI reads sys.argv itself
         run=run,
     )
 

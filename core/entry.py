@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         from core.cli import run_cli
 
-        run_cli(args)
+        run_cli(None if argv is None else args)
 
 
 if __name__ == "__main__":
