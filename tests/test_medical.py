@@ -227,3 +227,22 @@ def test_hd95_in_millimetres():
     empty = HausdorffDistance95(2)
     empty.update(torch.zeros_like(target), target)  # nothing predicted: no finite distance
     assert torch.isnan(empty.compute()) and int(empty.missed) == 1
+
+
+def test_every_frame_of_a_multiframe_file_can_be_a_sample(tmp_path):
+    lines = ["path,label,patient_id"]
+    for i in range(4):
+        frames = np.stack([np.full((8, 8), 20 * k + i, dtype=np.uint8) for k in range(3)])
+        write_dicom(tmp_path / f"cine{i}.dcm", frames, modality="OT")
+        lines.append(f"cine{i}.dcm,{'a' if i % 2 else 'b'},P{i}")
+    (tmp_path / "m.csv").write_text("\n".join(lines))
+    dm = DicomDataModule(manifest=str(tmp_path / "m.csv"), frames="all", val_fraction=0.25,
+                         test_fraction=0.25, image_size=8)
+    assert len(dm.source) == 12  # 4 files x 3 frames
+    assert dm.source.ids[1].endswith("cine0.dcm#frame1")
+    assert dm.source.read_image(1)[0, 0, 0] == 20
+    dm.setup("fit")
+    owners = {s: {Path(dm.source.paths[i]).name for i in idx} for s, idx in dm.splits.items()}
+    assert not owners["train"] & owners["test"]  # all frames of a patient's file stay together
+    middle = DicomDataModule(manifest=str(tmp_path / "m.csv"))
+    assert len(middle.source) == 4 and middle.source.read_image(0)[0, 0, 0] == 20
