@@ -67,6 +67,14 @@ def read_input(path: Path, contract: dict[str, Any]) -> tuple[np.ndarray, str]:
     raise DataError(f"bundle input reader '{reader}' is not supported by this version")
 
 
+def input_batch(files: list[Path], contract: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """Read and preprocess files into one NCHW batch, with their ids."""
+    images, ids = zip(*(read_input(f, contract) for f in files), strict=True)
+    batch = np.stack([to_network_input(im, contract.get("image_size"), contract["mean"], contract["std"])
+                      for im in images])
+    return batch, list(ids)
+
+
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -84,9 +92,7 @@ def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | No
         cut = 0.5
     rows: list[dict[str, Any]] = []
     for chunk in _batches(files, batch_size):
-        images, ids = zip(*(read_input(f, contract) for f in chunk), strict=True)
-        size = contract.get("image_size")
-        batch = np.stack([to_network_input(im, size, contract["mean"], contract["std"]) for im in images])
+        batch, ids = input_batch(chunk, contract)
         probs = bundle.probabilities(batch)
         for sample_id, p in zip(ids, probs, strict=True):
             row: dict[str, Any] = {"id": sample_id, **{f"prob_{n}": float(v) for n, v in zip(names, p, strict=True)}}
@@ -121,9 +127,7 @@ def segment_images(bundle: Bundle, files: list[Path], out: Path, batch_size: int
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for chunk in _batches(files, batch_size):
-        images, ids = zip(*(read_input(f, contract) for f in chunk), strict=True)
-        batch = np.stack([to_network_input(im, contract.get("image_size"), contract["mean"], contract["std"])
-                          for im in images])
+        batch, _ = input_batch(chunk, contract)
         for f, p in zip(chunk, bundle.probabilities(batch), strict=True):
             path = out / f"{f.stem}_mask.png"
             Image.fromarray(p.argmax(axis=0).astype(np.uint8)).save(path)

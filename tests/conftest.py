@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader
 
 # A ConvNeXt with one block per stage and few channels: fast enough for CPU unit tests.
 TINY = {"backbone": "convnext_atto", "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
+# The same architecture as CLI overrides.
+TINY_ARGS = [f"--model.init_args.depths={TINY['depths']}", f"--model.init_args.dims={TINY['dims']}"]
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 

@@ -21,7 +21,7 @@ from domains.agriculture.raster import RasterStack
 from domains.agriculture.scene import SceneWriter, blend_weights, grid_windows
 from domains.agriculture.synthetic import BANDS, write_demo_scene, write_scene
 
-from .conftest import TINY
+from .conftest import TINY, TINY_ARGS
 
 
 @pytest.fixture
@@ -277,8 +277,7 @@ def test_cli_fit_then_predict_scene_from_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = write_demo_scene(tmp_path / "agri", 96, 96, sparse=0.2, patches_per_class=1)
     config = Path(__file__).resolve().parents[1] / "configs" / "agriculture" / "segmentation.yaml"
-    base = ["--config", str(config), f"--model.init_args.depths={TINY['depths']}",
-            f"--model.init_args.dims={TINY['dims']}", "--model.init_args.decoder_channels=16",
+    base = ["--config", str(config), *TINY_ARGS, "--model.init_args.decoder_channels=16",
             f"--data.init_args.image={data['scene']}", f"--data.init_args.labels={data['labels']}",
             "--data.init_args.tile_size=32", "--data.init_args.block_size=32",
             "--data.init_args.samples_per_epoch=8", "--data.init_args.num_workers=0",

@@ -13,11 +13,10 @@ from core.export import export_bundle
 from core.torch_free import run_without_torch
 from domains.agriculture.synthetic import write_demo_scene
 
-from .conftest import TINY, make_defect_folders
+from .conftest import TINY_ARGS, make_defect_folders
 from .dicom_helpers import make_ct_study
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ARGS = [f"--model.init_args.depths={TINY['depths']}", f"--model.init_args.dims={TINY['dims']}"]
 
 
 def train(config: str, data_args: list[str], out: Path, epochs: int = 2):
@@ -25,6 +24,11 @@ def train(config: str, data_args: list[str], out: Path, epochs: int = 2):
             "--data.init_args.num_workers=0", f"--trainer.logger.init_args.save_dir={out}"]
     fit = run_cli(["fit", *base, f"--trainer.max_epochs={epochs}"])
     return base, fit.trainer.checkpoint_callback.best_model_path or str(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt")
+
+
+def predict_without_torch(bundle: Path, inputs: list, out: Path) -> None:
+    result = run_without_torch(["predict", "--bundle", str(bundle), *map(str, inputs), "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def rows(path: Path) -> list[dict]:
@@ -43,9 +47,7 @@ def defects(tmp_path_factory):
 
 def test_torch_free_predict_matches_lightning_predict(defects, tmp_path):
     images = defects["root"] / "scratch"
-    result = run_without_torch(["predict", "--bundle", str(defects["bundle"]), str(images),
-                                "--out", str(tmp_path / "ort")])
-    assert result.returncode == 0, result.stderr[-3000:]
+    predict_without_torch(defects["bundle"], [str(images)], tmp_path / "ort")
     ort_rows = {r["id"]: r for r in rows(tmp_path / "ort" / "predictions.csv")}
     lightning = run_cli(["predict", *defects["base"], f"--ckpt_path={defects['ckpt']}",
                          f"--data.init_args.predict_paths=[{images}]"])
@@ -96,9 +98,7 @@ def test_dicom_bundle_predicts_without_torch(tmp_path):
                     "--data.init_args.val_fraction=0.25", "--data.init_args.test_fraction=0.25"],
                     tmp_path / "runs", epochs=1)
     bundle = export_bundle(ckpt, tmp_path / "bundle")
-    result = run_without_torch(["predict", "--bundle", str(bundle), str(study["slices"]),
-                                "--out", str(tmp_path / "out")])
-    assert result.returncode == 0, result.stderr[-3000:]
+    predict_without_torch(bundle, [str(study["slices"])], tmp_path / "out")
     out = rows(tmp_path / "out" / "predictions.csv")
     assert len(out) == 16 and {"prob_contrast", "prob_plain", "score", "decision"} <= set(out[0])
     text = (tmp_path / "out" / "predictions.csv").read_text() + (tmp_path / "out" / "predictions.json").read_text()
@@ -113,9 +113,7 @@ def test_scene_bundle_writes_the_same_georeferenced_map(tmp_path):
         "--data.init_args.block_size=32", "--data.init_args.samples_per_epoch=8",
         "--data.init_args.predict_overlap=8"], tmp_path / "runs", epochs=1)
     bundle = export_bundle(ckpt, tmp_path / "bundle")
-    result = run_without_torch(["predict", "--bundle", str(bundle), str(data["scene"]),
-                                "--out", str(tmp_path / "ort")])
-    assert result.returncode == 0, result.stderr[-3000:]
+    predict_without_torch(bundle, [str(data["scene"])], tmp_path / "ort")
     lightning = run_cli(["predict", *base, f"--ckpt_path={ckpt}", f"--data.init_args.predict_image={data['scene']}"])
     with rasterio.open(tmp_path / "ort" / "scene_classes.tif") as a, \
             rasterio.open(Path(lightning.trainer.log_dir) / "scene_classes.tif") as b, \
@@ -123,7 +121,6 @@ def test_scene_bundle_writes_the_same_georeferenced_map(tmp_path):
         assert (a.crs, a.transform, a.shape) == (src.crs, src.transform, src.shape)
         agree = (a.read(1) == b.read(1)).mean()
     assert agree > 0.999  # float32 ties aside, ORT and torch give the same class map
-    assert np.isfinite(agree)
 
 
 def test_entry_dispatch(tmp_path, capsys):
@@ -144,9 +141,7 @@ def test_medical_segmentation_bundle_writes_png_masks(tmp_path):
                     "--data.init_args.batch_size=8", "--data.init_args.val_fraction=0.25",
                     "--data.init_args.test_fraction=0.25"], tmp_path / "runs", epochs=1)
     bundle = export_bundle(ckpt, tmp_path / "bundle")
-    result = run_without_torch(["predict", "--bundle", str(bundle), str(study["slices"]),
-                                "--out", str(tmp_path / "out")])
-    assert result.returncode == 0, result.stderr[-3000:]
+    predict_without_torch(bundle, [str(study["slices"])], tmp_path / "out")
     masks = sorted((tmp_path / "out").glob("*_mask.png"))
     assert len(masks) == 16
     mask = np.asarray(Image.open(masks[0]))

@@ -14,12 +14,11 @@ from core.cli import run_cli
 from domains.agriculture.synthetic import write_demo_scene
 from domains.manufacturing import elpv as elpv_module
 
-from .conftest import TINY, make_defect_folders, write_defect_image
+from .conftest import TINY_ARGS, make_defect_folders, write_defect_image
 from .dicom_helpers import make_ct_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-TINY_ARGS = [f"--model.init_args.depths={TINY['depths']}", f"--model.init_args.dims={TINY['dims']}"]
 
 
 def _elpv(tmp_path, monkeypatch):

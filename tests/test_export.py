@@ -28,7 +28,7 @@ from core.cli import run_cli
 from core.errors import DataError
 from domains.agriculture.synthetic import write_demo_scene
 
-from .conftest import TINY, make_defect_folders
+from .conftest import TINY, TINY_ARGS, make_defect_folders
 from .dicom_helpers import make_ct_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ class Trained:
 def _train(tmp: Path, config: str, data_args: list[str]) -> Trained:
     args = [
         "--config", str(ROOT / "configs" / config),
-        f"--model.init_args.depths={TINY['depths']}", f"--model.init_args.dims={TINY['dims']}",
+        *TINY_ARGS,
         "--data.init_args.image_size=32", "--data.init_args.batch_size=4",
         "--data.init_args.num_workers=0", "--trainer.max_epochs=1",
         # Absolute paths: the module-scoped fixture cannot chdir.

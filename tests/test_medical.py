@@ -15,7 +15,7 @@ from core.segmentation_metrics import HausdorffDistance95
 from domains.medical import DicomDataModule, DicomSegmentationDataModule
 from domains.medical.masks import read_mask
 
-from .conftest import TINY
+from .conftest import TINY, TINY_ARGS
 from .dicom_helpers import make_ct_study, patient_identity, write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +123,7 @@ def test_privacy_no_identifier_in_any_written_file(study, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     bad_files(study)
     config = ROOT / "configs" / "medical" / "classification.yaml"
-    base = ["--config", str(config), f"--model.init_args.depths={TINY['depths']}",
-            f"--model.init_args.dims={TINY['dims']}", f"--data.init_args.manifest={study['labels']}",
+    base = ["--config", str(config), *TINY_ARGS, f"--data.init_args.manifest={study['labels']}",
             "--data.init_args.image_size=32", "--data.init_args.batch_size=8",
             "--data.init_args.num_workers=0", "--data.init_args.val_fraction=0.3",
             "--data.init_args.test_fraction=0.3", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
