@@ -2,37 +2,108 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
-from domains.agriculture.indices import check_indices, compute_indices
+from domains.agriculture.indices import Roles, check_indices, compute_indices
 from domains.agriculture.raster import RasterStack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class BandSpec:
-    """How to turn raster bands into network channels (shared by every agriculture datamodule)."""
+    """How to turn raster bands into network channels (shared by every agriculture datamodule).
+
+    Args:
+        bands: bands to use, by name or 1-based index; ``None`` = all, in file order.
+        band_names: names of all bands, in file order (default: descriptions, else B1..Bn).
+        band_roles: role -> band name (e.g. ``{red: B4, nir: B8}``), the explicit evidence for
+            spectral indices.
+        nodata: nodata value overriding the files' own.
+        indices: spectral indices appended as channels.
+        sensor: read band names such as B4/B04 as this sensor's band numbers to find roles
+            (``sentinel2``, ``landsat8``, ``landsat9``, ``landsat7``, ``landsat5``).
+    """
 
     bands: list[str | int] | None = None
     band_names: list[str] | None = None
     band_roles: dict[str, str] | None = None
     nodata: float | None = None
     indices: list[str] = field(default_factory=list)
+    sensor: str | None = None
+    roles: Roles | None = field(default=None, init=False, repr=False)
 
     def open(self, paths: str | Sequence[str]) -> RasterStack:
+        """Open the image(s), select the bands and check the indices' band roles."""
         stack = RasterStack(paths, self.bands, self.band_names, self.nodata)
-        self.roles = check_indices(self.indices, stack.names, self.band_roles)
+        roles = check_indices(self.indices, stack.names, self.band_roles, self.sensor)
+        if self.roles is None or roles.names != self.roles.names:
+            # Said once per spec (patch folders open a file per sample), and again if it changes.
+            if stack.names_by_position and self.sensor is not None and not self.band_roles and roles.names:
+                # Band numbers read from positions: right only if the file holds the sensor's
+                # bands in order from band 1, so this assumption is shown, not just logged.
+                log.warning("band roles: %s; the file's bands are undescribed, so band n is assumed "
+                            "to be %s band n; set band_roles if the file holds other bands",
+                            roles.describe(), self.sensor)
+            else:
+                log.info("band roles: %s%s", roles.describe(),
+                         "; undescribed bands are named B1..Bn by position and get no role"
+                         if stack.names_by_position and not self.band_roles else "")
+        self.roles = roles
         return stack
 
     def channel_names(self, stack: RasterStack) -> list[str]:
         return [*stack.names, *[i.upper() for i in self.indices]]
 
+    def contract(self, stack: RasterStack) -> dict[str, Any]:
+        """The band part of the preprocessing contract: what prediction must reproduce."""
+        roles = self.roles if self.roles is not None else check_indices([], stack.names, self.band_roles,
+                                                                          self.sensor)
+        return {
+            "bands": stack.names,
+            # The `bands` option as given (None = all): prediction selects the same way, so a
+            # file with other bands is refused on both predict paths instead of picking band 1.
+            "band_selection": list(self.bands) if self.bands is not None else None,
+            "band_names": self.band_names,
+            "file_band_count": stack.file_band_count,
+            "bands_named_by_position": stack.names_by_position,
+            "sensor": self.sensor,
+            # Resolved role -> band name: prediction uses these and never re-guesses.
+            "band_roles": roles.names,
+            "band_roles_source": roles.source,
+            "nodata": self.nodata,
+            "indices": [i.upper() for i in self.indices],
+        }
+
     def read(self, stack: RasterStack, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Channels (HWC float32, NaN where invalid) and the valid mask for a window."""
         image, valid = stack.read(window)
         if self.indices:
-            image = np.concatenate([image, compute_indices(image, self.indices, self.roles)])
+            image = np.concatenate([image, compute_indices(image, self.indices, self.roles.positions)])
         return np.ascontiguousarray(image.transpose(1, 2, 0)), valid
+
+
+def check_same_bands(stack: RasterStack, expected: Sequence[str], file_band_count: int | None,
+                     path: str, trained_on: str = "the model was trained on") -> None:
+    """Refuse a file whose bands differ from training's, naming the file and both band lists.
+
+    ``file_band_count`` (bands in the training file) matters when the bands are named by
+    position: B1 of a 1-band file and B1 of a 4-band file share a name, not a meaning.
+    """
+    from core.errors import DataError
+
+    same_count = (file_band_count is None or not stack.names_by_position
+                  or stack.file_band_count == file_band_count)
+    if list(stack.names) != list(expected) or not same_count:
+        count = f" of {file_band_count}-band files" if file_band_count is not None else ""
+        raise DataError(
+            f"'{path}' has {stack.file_band_count} band(s) ({', '.join(stack.names)} selected) but "
+            f"{trained_on} {', '.join(expected)}{count}; give a file with the same bands in the "
+            "same order, or select them with `bands`"
+        )

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
 from core.transforms import eval_transform, train_transform
+from domains.agriculture.bands import check_same_bands
 from domains.agriculture.raster import LabelRaster
 from domains.agriculture.scene import grid_windows
 from domains.agriculture.sources import (
@@ -85,10 +86,7 @@ class _BandsMixin:
 
     def band_contract(self) -> dict[str, Any]:
         return {"input_scaling": "band values as stored in the GeoTIFF; nodata masked",
-                "bands": self.source.stack.names, "band_names": self.spec.band_names,
-                "band_roles": self.spec.band_roles,
-                "nodata": self.spec.nodata, "indices": [i.upper() for i in self.spec.indices],
-                "channel_names": self.channel_names}
+                **self.spec.contract(self.source.stack), "channel_names": self.channel_names}
 
 
 class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
@@ -110,7 +108,11 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         bands: bands to use, by name or 1-based index (default all).
         band_names: names of the bands of a single multiband file, e.g. [blue, green, red, nir].
         band_roles: map roles (red, nir, green, swir1, ...) to band names for spectral indices
-            when the names are not the roles themselves, e.g. ``{red: B3, nir: B4}``.
+            when the names are not the roles themselves, e.g. ``{red: B3, nir: B4}``. Roles
+            are never guessed from band positions; the roles used are logged and stored in
+            the checkpoint's preprocessing contract.
+        sensor: ``sentinel2``, ``landsat8``, ``landsat9``, ``landsat7`` or ``landsat5``: read
+            band names such as B4/B04 as that sensor's band numbers to find the roles.
         nodata: nodata value overriding the files' own.
         indices: spectral indices to append as channels (NDVI, NDWI, NDMI, NDBI, NBR, SAVI).
         reproject_labels: warp a label raster on another grid onto the image grid.
@@ -137,6 +139,7 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         bands: list[str | int] | None = None,
         band_names: list[str] | None = None,
         band_roles: dict[str, str] | None = None,
+        sensor: str | None = None,
         nodata: float | None = None,
         indices: list[str] | None = None,
         reproject_labels: bool = False,
@@ -159,12 +162,19 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         if image is None or labels is None or not class_values:
             raise DataError("set data.init_args.image (GeoTIFF or list of band files), labels "
                             "(label GeoTIFF) and class_values (label codes of the classes)")
+        if len(set(class_values)) < 2:
+            raise DataError(
+                f"class_values {list(class_values)} give {len(set(class_values))} class; a "
+                "segmentation task needs the background and the object classes, e.g. class_values: "
+                f"[0, {class_values[0] if class_values[0] != 0 else 255}] for a mask with 0 as "
+                "background (codes not listed are unlabelled and never trained on)"
+            )
         if block_size < tile_size:
             raise DataError(f"block_size {block_size} is smaller than tile_size {tile_size}; a tile "
                             "must fit in one spatial block (raise block_size or lower tile_size)")
         if class_labels is not None and len(class_labels) != len(class_values):
             raise DataError(f"{len(class_labels)} class_labels for {len(class_values)} class_values")
-        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []))
+        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []), sensor)
         self._class_names = list(class_labels or [f"class_{v}" for v in class_values])
 
     def build_source(self) -> SceneTileSource:
@@ -237,9 +247,9 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
             raise DataError("set data.init_args.predict_image to the GeoTIFF scene to predict")
         self.ensure_stats()
         stack = self.spec.open(h.predict_image)
-        if stack.names != self.source.stack.names:
-            raise DataError(f"predict_image bands {stack.names} differ from the training bands "
-                            f"{self.source.stack.names}")
+        train = self.source.stack
+        check_same_bands(stack, train.names, train.file_band_count, str(h.predict_image),
+                         "the training image has")
         self.predict_stack = stack
         dataset = SceneWindows(self.spec, stack, h.tile_size, h.predict_overlap,
                                eval_transform(h.tile_size, self.mean, self.std))
@@ -254,6 +264,7 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
             "path": out,
             "probabilities_path": out.with_name(out.stem + "_probabilities.tif") if h.write_probabilities else None,
             "profile": profile_of(self.predict_stack),
+            "channel_names": self.channel_names,
             "tile": h.tile_size,
             "overlap": h.predict_overlap,
         }
@@ -271,7 +282,7 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
 
     Args:
         root: folder with one sub-folder of GeoTIFF patches per class.
-        bands, band_names, band_roles, nodata, indices: band handling as in
+        bands, band_names, band_roles, sensor, nodata, indices: band handling as in
             :class:`SceneSegmentationDataModule`.
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
     """
@@ -282,6 +293,7 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         bands: list[str | int] | None = None,
         band_names: list[str] | None = None,
         band_roles: dict[str, str] | None = None,
+        sensor: str | None = None,
         nodata: float | None = None,
         indices: list[str] | None = None,
         augment: Literal["none", "flips", "dihedral", "default", "strong"] = "dihedral",
@@ -290,7 +302,7 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         super().__init__(augment=augment, **kwargs)
         if root is None:
             raise DataError("set data.init_args.root to a folder with one sub-folder of GeoTIFFs per class")
-        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []))
+        self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []), sensor)
 
     def build_source(self) -> PatchFolderSource:
         files, names, classes = scan_class_folders(self.hparams.root, (".tif", ".tiff"))
@@ -299,7 +311,8 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         return PatchFolderSource(files, labels, self.spec)
 
     def predict_source(self, paths: list[Path]) -> PatchFolderSource:
-        return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec)
+        return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,
+                                 like=self.source.stack)
 
     def preprocessing(self) -> dict[str, Any]:
         return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_patch"}

@@ -6,12 +6,20 @@ Only numpy and rasterio: the same code serves Lightning ``predict`` and torch-fr
 from __future__ import annotations
 
 import json
+import logging
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
+
+from domains.agriculture.drift import InputDrift
+
+log = logging.getLogger(__name__)
 
 NODATA_CLASS = 255
 
@@ -52,11 +60,24 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
+def partial_path(path: Path) -> Path:
+    """A hidden temporary name beside ``path`` (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
 class SceneWriter:
     """Accumulate blended tile probabilities and write finished rows to GeoTIFF.
 
     Windows must arrive in row-major order (as from :func:`grid_windows`); memory holds one
     strip of ``tile`` rows across the scene, never the whole scene.
+
+    Outputs are written under hidden temporary names in the output folder and renamed only by
+    :meth:`close`; :meth:`abort` (or leaving a ``with`` block with an exception) removes them,
+    so a failed prediction leaves no map that looks finished.
+
+    With ``channel_names``, the normalised inputs given to :meth:`add` are compared with the
+    training statistics; warnings go to the log, the GeoTIFF tag ``input_warnings`` and the
+    JSON sidecar ``<name>.json``, which also lists the per-channel statistics.
 
     Args:
         path: output class map (uint8, nodata 255, tiled and deflate-compressed).
@@ -65,10 +86,12 @@ class SceneWriter:
         tile: tile size in pixels.
         overlap: tile overlap in pixels (for the blending weights).
         probabilities_path: optional float32 GeoTIFF with one probability band per class.
+        channel_names: names of the input channels, to check the inputs against training.
     """
 
     def __init__(self, path: str | Path, profile: dict, class_names: Sequence[str], tile: int,
-                 overlap: int, probabilities_path: str | Path | None = None) -> None:
+                 overlap: int, probabilities_path: str | Path | None = None,
+                 channel_names: Sequence[str] | None = None) -> None:
         self.width, self.height = int(profile["width"]), int(profile["height"])
         self.tile, self.k = tile, len(class_names)
         self.weights = blend_weights(tile, overlap)
@@ -84,19 +107,45 @@ class SceneWriter:
             base = {k: v for k, v in base.items() if v is not None}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
-        self.classes = rasterio.open(path, "w", **base, count=1, dtype="uint8", nodata=NODATA_CLASS)
-        self.classes.update_tags(class_names=json.dumps(list(class_names)))
-        self.classes.set_band_description(1, "class")
+        self.probabilities_path = Path(probabilities_path) if probabilities_path is not None else None
+        self.metadata_path = self.path.with_suffix(".json")
+        self.class_names = list(class_names)
+        self.drift = InputDrift(channel_names) if channel_names is not None else None
+        # final path -> temporary path, renamed by close()
+        self._pending: dict[Path, Path] = {self.path: partial_path(self.path)}
         self.probs = None
-        if probabilities_path is not None:
-            self.probs = rasterio.open(probabilities_path, "w", **base, count=self.k,
-                                       dtype="float32", nodata=float("nan"))
-            for i, name in enumerate(class_names, start=1):
-                self.probs.set_band_description(i, f"P({name})")
+        try:
+            self.classes = rasterio.open(self._pending[self.path], "w", **base, count=1,
+                                         dtype="uint8", nodata=NODATA_CLASS)
+            self.classes.update_tags(class_names=json.dumps(self.class_names))
+            self.classes.set_band_description(1, "class")
+            if self.probabilities_path is not None:
+                tmp = self._pending[self.probabilities_path] = partial_path(self.probabilities_path)
+                self.probs = rasterio.open(tmp, "w", **base, count=self.k, dtype="float32",
+                                           nodata=float("nan"))
+                for i, name in enumerate(class_names, start=1):
+                    self.probs.set_band_description(i, f"P({name})")
+        except BaseException:
+            self.abort()
+            raise
         self.rows_written = 0
+        self.metadata: dict[str, Any] = {}
 
-    def add(self, window: Window, probs: np.ndarray, valid: np.ndarray) -> None:
-        """Add a tile's class probabilities (K, tile, tile) and its valid-pixel mask."""
+    def __enter__(self) -> SceneWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add(self, window: Window, probs: np.ndarray, valid: np.ndarray,
+            image: np.ndarray | None = None) -> None:
+        """Add a tile's class probabilities (K, tile, tile), its valid-pixel mask and, to check
+        the inputs against training, its normalised network input (C, tile, tile)."""
+        if image is not None and self.drift is not None:
+            self.drift.add(image, valid)
         r0, c0 = int(window.row_off), int(window.col_off)
         if r0 < self.top:
             raise ValueError(f"windows must come row by row: got row {r0} after row {self.top}")
@@ -135,8 +184,36 @@ class SceneWriter:
         self.rows_written += rows
 
     def close(self) -> None:
-        """Write the remaining rows and close the files."""
-        self._flush(min(self.tile, self.height - self.top))
-        self.classes.close()
-        if self.probs is not None:
-            self.probs.close()
+        """Write the remaining rows, the input check and the sidecar, then give the outputs
+        their final names."""
+        try:
+            self._flush(min(self.tile, self.height - self.top))
+            self.metadata = {"classes": self.path.name, "class_names": self.class_names,
+                             "probabilities": self.probabilities_path.name if self.probs else None}
+            if self.drift is not None:
+                self.metadata.update(self.drift.report(str(self.path)))
+                self.classes.update_tags(input_warnings=json.dumps(self.metadata["input_warnings"]))
+            self.classes.close()
+            if self.probs is not None:
+                self.probs.close()
+            tmp = self._pending[self.metadata_path] = partial_path(self.metadata_path)
+            tmp.write_text(json.dumps(self.metadata, indent=2))
+        except BaseException:
+            self.abort()
+            raise
+        for final, tmp in self._pending.items():
+            os.replace(tmp, final)
+        self._pending = {}
+
+    def abort(self) -> None:
+        """Close and delete the temporary outputs: nothing appears under the final names."""
+        for ds in (getattr(self, "classes", None), self.probs):
+            if ds is not None and not ds.closed:
+                try:
+                    ds.close()
+                except Exception as err:  # noqa: BLE001 - cleanup must go on; the cause is raised
+                    log.debug("closing a partial output failed: %s", err)
+        for tmp in self._pending.values():
+            tmp.unlink(missing_ok=True)
+            tmp.with_name(tmp.name + ".aux.xml").unlink(missing_ok=True)
+        self._pending = {}

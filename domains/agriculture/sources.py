@@ -10,7 +10,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from core.data import SampleSource
-from domains.agriculture.bands import BandSpec
+from domains.agriculture.bands import BandSpec, check_same_bands
 from domains.agriculture.raster import LabelRaster, RasterStack
 
 
@@ -80,18 +80,29 @@ class SceneTileSource(SampleSource):
 
 
 class PatchFolderSource(SampleSource):
-    """Small GeoTIFF patches with a class each (EuroSAT layout); every patch is read whole."""
+    """Small GeoTIFF patches with a class each (EuroSAT layout); every patch is read whole.
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray, spec: BandSpec) -> None:
+    Every patch must have the bands of the first one (or of ``like``, the training source's
+    stack, when predicting); another band layout is an error naming the file.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, spec: BandSpec,
+                 like: RasterStack | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.ids = list(self.paths)
         self.labels = np.asarray(labels)
         self.spec = spec
         self.stack = spec.open(self.paths[0])  # validates bands and indices on the first patch
+        self._trained_on = "the training patches have" if like is not None else f"'{self.paths[0]}' has"
+        self.like = like if like is not None else self.stack
+        check_same_bands(self.stack, self.like.names, self.like.file_band_count, self.paths[0],
+                         self._trained_on)
 
     def read_image(self, index: int) -> np.ndarray:
         stack = self.spec.open(self.paths[index])
         try:
+            check_same_bands(stack, self.like.names, self.like.file_band_count, self.paths[index],
+                             self._trained_on)
             return self.spec.read(stack, Window(0, 0, stack.width, stack.height))[0]
         finally:
             stack.close()
