@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import DataError
+from core.filescan import write_skipped_report
 from core.preprocess import (  # noqa: F401  (re-exported for domains)
     IMAGE_EXTENSIONS,
     Channels,
@@ -26,7 +28,6 @@ from core.splits import SPLITS, split_from_column, stratified_split
 from core.transforms import AugmentLevel, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
-
 
 
 # ---- sample sources ------------------------------------------------------------------------
@@ -108,28 +109,139 @@ def apply_transform(transform, sample: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- folder and manifest scanning ----------------------------------------------------------
+# Files that segmentation masks / ground truth are usually stored as, beside or below images
+# (``img_001_mask.png``, ``000_gt.png``, ``masks/``, MVTec's ``ground_truth/``). A pattern
+# ending in ``/`` matches a folder name; the others match file names (case-insensitive globs).
+DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
+    "*_mask.*", "*_masks.*", "*_label.*", "*_labels.*", "*_gt.*", "*_groundtruth.*",
+    "mask/", "masks/", "label/", "labels/", "gt/", "ground_truth/", "groundtruth/",
+)
+
+
+def matches_patterns(relative: Path, patterns: Sequence[str]) -> bool:
+    """Whether a path below the data root matches a file (``*_mask.*``) or folder (``masks/``) glob."""
+    folders = [part.lower() for part in relative.parts[:-1]]
+    name = relative.name.lower()
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern.endswith("/"):
+            if any(fnmatch.fnmatchcase(f, pattern.rstrip("/")) for f in folders):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def _hidden(relative: Path) -> bool:
+    # Dot files and folders (.DS_Store, ._img.png AppleDouble forks, .ipynb_checkpoints/) and
+    # the __MACOSX folder of zip archives are never samples.
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
 def scan_class_folders(
-    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+    root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, exclude: Sequence[str] = ()
 ) -> tuple[list[Path], list[str], list[str]]:
-    """``root/<class>/<file>`` layout -> (files, class name per file, sorted class names)."""
+    """``root/<class>/<file>`` layout -> (files, class name per file, sorted class names).
+
+    Hidden files and folders and files without one of ``extensions`` (Thumbs.db, desktop.ini,
+    README.txt ...) are ignored and counted in one info line. Files or folders matching an
+    ``exclude`` pattern (see :data:`DEFAULT_MASK_PATTERNS`) are left out with a warning; a
+    top-level folder matching one is not a class.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder '{root}' does not exist; set data.init_args.root to a folder "
                         "with one sub-folder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    excluded: list[Path] = []
+    classes = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or _hidden(d.relative_to(root)):
+            continue
+        if matches_patterns(d.relative_to(root) / "x", exclude):  # the folder itself is a mask folder
+            excluded.append(d.relative_to(root))
+        else:
+            classes.append(d.name)
     if len(classes) < 2:
         raise DataError(f"'{root}' has {len(classes)} class folder(s) {classes}; a classifier needs "
                         "at least two sub-folders, one per class (e.g. good/ and defect/)")
-    files, labels = [], []
+    files, labels, ignored = [], [], []
     for name in classes:
-        found = sorted(p for p in (root / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in extensions)
+        found = []
+        for p in sorted((root / name).rglob("*")):
+            relative = p.relative_to(root)
+            if not p.is_file():
+                continue
+            if _hidden(relative) or p.suffix.lower() not in extensions:
+                ignored.append(relative)
+            elif matches_patterns(relative, exclude):
+                excluded.append(relative)
+            else:
+                found.append(p)
         if not found:
             raise DataError(f"class folder '{root / name}' holds no images ({', '.join(extensions)}); "
                             "add images or remove the folder")
         files += found
         labels += [name] * len(found)
+    if ignored:
+        log.info("ignored %d file(s) in '%s' that are hidden or not %s (e.g. %s)", len(ignored), root,
+                 "/".join(extensions), ignored[0])
+    if excluded:
+        log.warning("left out %d file(s)/folder(s) in '%s' that look like masks or ground truth "
+                    "(e.g. %s; patterns %s); set data.init_args.mask_patterns: [] to use them as images",
+                    len(excluded), root, excluded[0], list(exclude))
     return files, labels, classes
+
+
+def encode_labels(values: Sequence[str], class_order: Sequence[str] | None,
+                  where: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Class indices for label values, and the class names.
+
+    Args:
+        values: one label per sample (already stripped).
+        class_order: the valid labels in class order; None takes the sorted set of ``values``.
+        where: per sample, where its label came from (``manifest 'x.csv' row 7``), for errors.
+
+    Raises:
+        DataError: a label outside ``class_order`` (naming where, the value and the valid
+            labels), or fewer than two classes.
+    """
+    classes = [str(c) for c in class_order] if class_order else sorted(set(values))
+    if class_order and len(set(classes)) != len(classes):
+        raise DataError(f"class_order {classes} names a class twice; list each class once")
+    known = set(classes)
+    unknown = list(dict.fromkeys((w, v) for w, v in zip(where, values, strict=True) if v not in known))
+    if unknown:
+        shown = "; ".join(f"{w}: '{v}'" for w, v in unknown[:5])
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise DataError(f"label(s) not in class_order: {shown}{more}; valid labels are {classes}: "
+                        "fix the label or add the class to class_order")
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes}) in the labels; a classifier needs two or more")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in values], dtype=np.int64), classes
+
+
+# Classes with fewer samples than this cannot be split into train/val/test and are most often
+# a typo'd label or a misplaced file.
+FEW_SAMPLES = 5
+
+
+def warn_rare_classes(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Warn about classes with fewer than :data:`FEW_SAMPLES` samples; returns their names."""
+    import difflib
+
+    counts = np.bincount(labels, minlength=len(classes))
+    rare = [(c, int(n)) for c, n in zip(classes, counts, strict=True) if n < FEW_SAMPLES]
+    if rare:
+        hints = []
+        for name, n in rare:
+            others = [c for c in classes if c != name]
+            close = difflib.get_close_matches(name.lower(), [c.lower() for c in others], n=1, cutoff=0.75)
+            hint = f", a typo of '{others[[c.lower() for c in others].index(close[0])]}'?" if close else ""
+            hints.append(f"'{name}': {n}{hint}")
+        log.warning("class(es) with fewer than %d samples: %s; add samples, fix the labels, or set "
+                    "class_order to refuse unknown labels", FEW_SAMPLES, "; ".join(hints))
+    return [name for name, _ in rare]
 
 
 def read_manifest(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
@@ -202,6 +314,9 @@ class ConvNeXtDataModule(LightningDataModule):
         self._source: SampleSource | None = None
         self.splits: dict[str, np.ndarray] | None = None
         self._class_names: list[str] = []
+        # (path, reason) of every file left out under ``on_bad_file: skip`` (see core.filescan);
+        # written to skipped_files.csv in the run directory.
+        self.skipped: list[tuple[str, str]] = []
 
     # -- what subclasses provide --
     def build_source(self) -> SampleSource:
@@ -269,6 +384,17 @@ class ConvNeXtDataModule(LightningDataModule):
             if sizes["train"] == 0:
                 raise DataError(f"the training split is empty ({sizes}); add data or lower "
                                 "val_fraction/test_fraction")
+        self.write_skipped_report()
+
+    def teardown(self, stage: str) -> None:
+        self.write_skipped_report()
+
+    def write_skipped_report(self) -> Path | None:
+        """``skipped_files.csv`` in the run directory when files were skipped and a trainer runs."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.is_global_zero:
+            return None
+        return write_skipped_report(self.skipped, trainer.log_dir)
 
     @property
     def train_indices(self) -> np.ndarray:

@@ -7,6 +7,7 @@ so an exported model sees exactly the pixels the Lightning model saw.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -43,45 +44,103 @@ def scale_to_unit(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_image_file(path: str | Path, channels: Channels) -> np.ndarray:
-    """Read an image file as HWC float32 in [0, 1] with the expected channel layout."""
+# PIL modes of one-channel images; palette and colour modes count as rgb.
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# ITU-R 601-2 luma, the weights PIL's own RGB -> L conversion uses.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def decode_image(path: str | Path) -> Image.Image:
+    """Open an image file and decode all its pixels (truncated data only shows when decoded).
+
+    Raises:
+        DataError: the file is missing, corrupt or not an image, naming the file and the fix.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            mode = img.mode
-            if mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                mode = img.mode
-            if mode in ("RGBA", "LA") and img.getextrema()[-1][0] == 255:
-                img = img.convert("RGB" if mode == "RGBA" else "L")  # fully opaque alpha carries nothing
-                mode = img.mode
-            array = np.asarray(img)
-            if mode.startswith("I;16"):
-                array = array.astype(np.uint16)
+        return img  # decoded pixels stay usable after the file is closed
     except FileNotFoundError as err:
         raise DataError(f"image file '{path}' does not exist; fix the path or remove it from the list") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError,
+            Image.DecompressionBombError) as err:
         raise DataError(
             f"cannot read image '{path}' ({err}); the file is corrupt or not an image: replace or "
             "delete it"
         ) from err
-    found = 1 if array.ndim == 2 else array.shape[2]
-    wanted = 1 if channels == "gray" else 3
-    if found != wanted:
-        raise DataError(
-            f"image '{path}' has {found} channel(s) (mode {mode}) but the data module expects "
-            f"{wanted} (channels: {channels}); set data.init_args.channels to "
-            f"{'rgb' if found >= 3 else 'gray'} or convert the file"
-        )
+
+
+def image_to_array(img: Image.Image, channels: Channels) -> tuple[np.ndarray, str | None]:
+    """A decoded PIL image as HWC float32 in [0, 1] with ``channels``, and what was converted.
+
+    The conversions (one rule for training, export and the torch-free predictor):
+
+    * palette images are expanded to their colours; CMYK/YCbCr/LAB/HSV become RGB;
+    * alpha is dropped, not composited: pixels keep the colour stored under them;
+    * 16-bit gray (``I;16*``, and ``I`` as older Pillow opens 16-bit PNGs) keeps its full
+      range: ``value / 65535``; other integers scale by their dtype range, floats pass through;
+    * ``channels: gray`` turns colour into ITU-R 601-2 luma; ``channels: rgb`` repeats gray
+      into three channels.
+
+    Returns:
+        The array and a short note of the conversion (None when the file was used as stored),
+        e.g. ``"RGBA: alpha dropped"`` or ``"I;16: gray repeated to RGB"``.
+    """
+    mode, steps = img.mode, []
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        steps.append("palette expanded")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+        steps.append("converted to RGB")
+    if img.mode in ("RGBA", "RGBa", "LA", "La"):
+        img = img.convert("RGB" if img.mode.startswith("RGB") else "L")  # drops alpha, no compositing
+        steps.append("alpha dropped")
+    array = np.asarray(img)
+    if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
+        # PNG holds at most 16 bits; Pillow < 11 opens 16-bit gray PNGs as 32-bit "I".
+        array = array.astype(np.uint16)
     array = scale_to_unit(array)
-    return array[:, :, None] if array.ndim == 2 else array
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if channels == "gray" and array.shape[2] >= 3:
+        array = np.tensordot(array[:, :, :3], _LUMA, axes=([2], [0]))[:, :, None].astype(np.float32)
+        steps.append("colour to gray (luma)")
+    elif channels == "rgb" and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+        steps.append("gray repeated to RGB")
+    return array, f"{mode}: {', '.join(steps)}" if steps else None
+
+
+def read_image_file(path: str | Path, channels: Channels) -> np.ndarray:
+    """Read an image file as HWC float32 in [0, 1] with ``channels`` (see :func:`image_to_array`)."""
+    return image_to_array(decode_image(path), channels)[0]
+
+
+@lru_cache(maxsize=64)
+def conversion_note(mode: str, channels: Channels, transparency: bool = False) -> str | None:
+    """What :func:`image_to_array` does to an image of PIL ``mode`` (derived from it, not restated).
+
+    ``transparency``: the file has a ``transparency`` entry (palette images with alpha).
+    """
+    probe = Image.new(mode, (1, 1))
+    if transparency:
+        probe.info["transparency"] = 0
+    return image_to_array(probe, channels)[1]
+
+
+def image_channels(mode: str) -> Channels:
+    """``gray`` or ``rgb``: the layout an image of PIL ``mode`` has as stored."""
+    return "gray" if mode in GRAY_MODES else "rgb"
 
 
 def detect_channels(path: str | Path) -> Channels:
     """Guess gray/rgb from one image file's mode."""
     try:
         with Image.open(path) as img:
-            return "gray" if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else "rgb"
+            return image_channels(img.mode)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"cannot read image '{path}' ({err}); replace or delete it") from err
 

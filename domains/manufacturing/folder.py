@@ -9,15 +9,24 @@ from typing import Any
 import numpy as np
 
 from core.data import (
+    DEFAULT_MASK_PATTERNS,
     IMAGE_EXTENSIONS,
     Channels,
     ConvNeXtDataModule,
     DataError,
     ImageFileSource,
-    detect_channels,
+    encode_labels,
     read_manifest,
-    resolve_paths,
     scan_class_folders,
+    warn_rare_classes,
+)
+from core.filescan import (
+    OnBadFile,
+    describe_images,
+    log_skipped,
+    majority_channels,
+    record_bad,
+    scan_images,
 )
 
 log = logging.getLogger(__name__)
@@ -26,15 +35,28 @@ log = logging.getLogger(__name__)
 class DefectFolderDataModule(ConvNeXtDataModule):
     """Defect images from ``root/<class>/*.png`` folders or a CSV manifest.
 
+    Every file of every split is decoded once when the sample list is built, so a corrupt
+    test image stops ``fit`` instead of ``test`` (or is skipped and reported). Images are
+    converted to ``channels`` (alpha dropped, palette expanded, gray <-> RGB; see
+    :func:`core.preprocess.image_to_array`), summarised in one log line.
+
     Args:
-        root: folder with one sub-folder per class (``good/``, ``scratch/``, ...).
+        root: folder with one sub-folder per class (``good/``, ``scratch/``, ...). Hidden files
+            and non-images (Thumbs.db, .DS_Store, README.txt) are ignored.
         manifest: CSV with columns ``path,label`` (optional ``split`` = train/val/test); relative
             paths are resolved against the CSV's folder. Use either ``root`` or ``manifest``.
-        channels: ``gray`` or ``rgb``; default detected from the first image.
+        channels: ``gray`` or ``rgb``; default: the layout most images are stored in.
         good_class: the defect-free class; every other class counts as a defect for the
             operating point.
-        extensions: image file endings to use in class folders (e.g. ``[.jpg]`` when masks
-            stored as .png sit beside the images); default all common image types.
+        class_order: the valid labels (class folders) in class order; a label outside it is an
+            error naming the row. Default: the sorted labels found.
+        extensions: image file endings to use in class folders; default all common image types.
+        mask_patterns: class-folder files (``*_mask.*``) and folders (``masks/``) that are
+            masks or ground truth, not images, and are left out (with a warning); ``[]`` keeps
+            everything. Default :data:`core.data.DEFAULT_MASK_PATTERNS`.
+        on_bad_file: ``error`` stops naming every unreadable file or blank/missing manifest
+            entry; ``skip`` leaves them out of every split and reports them (log and
+            ``skipped_files.csv`` in the run directory).
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
     """
 
@@ -44,7 +66,10 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         manifest: str | None = None,
         channels: Channels | None = None,
         good_class: str = "good",
+        class_order: list[str] | None = None,
         extensions: list[str] | None = None,
+        mask_patterns: list[str] | None = None,
+        on_bad_file: OnBadFile = "error",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,25 +78,64 @@ class DefectFolderDataModule(ConvNeXtDataModule):
                             "data.init_args.manifest (CSV with path,label)")
         self._given_split: list[str] | None = None
 
+    # -- the sample list --
+    def _from_folders(self) -> tuple[list[Path], list[str], list[str], None]:
+        h = self.hparams
+        extensions = ([e.lower() if e.startswith(".") else f".{e.lower()}" for e in h.extensions]
+                      if h.extensions else IMAGE_EXTENSIONS)
+        patterns = DEFAULT_MASK_PATTERNS if h.mask_patterns is None else h.mask_patterns
+        files, names, _ = scan_class_folders(h.root, extensions, exclude=patterns)
+        return files, names, [f"class folder '{n}'" for n in names], None
+
+    def _from_manifest(self) -> tuple[list[Path], list[str], list[str], list[str] | None]:
+        """Rows with a path and a label; blank or missing entries follow ``on_bad_file``."""
+        h = self.hparams
+        manifest = Path(h.manifest).expanduser()
+        rows = read_manifest(manifest, ["path", "label"])
+        has_split = "split" in rows[0]
+        files, names, where, split = [], [], [], []
+        for line, row in enumerate(rows, start=2):
+            raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            at = f"manifest '{manifest.name}' row {line}"
+            path = Path(raw_path).expanduser()
+            path = path if path.is_absolute() else manifest.parent / path
+            if not raw_path:
+                record_bad(h.on_bad_file, self.skipped, f"{at} (no path)",
+                           f"{at} has a blank path; fill it in or delete the row")
+                continue
+            if not path.is_file():
+                record_bad(h.on_bad_file, self.skipped, path,
+                           f"{at} names '{raw_path}', which does not exist (looked at {path}); "
+                           "fix the path or delete the row")
+                continue
+            if not label:
+                record_bad(h.on_bad_file, self.skipped, path,
+                           f"{at} ('{raw_path}') has a blank label; fill it in or delete the row")
+                continue
+            files.append(path)
+            names.append(label)
+            where.append(at)
+            split.append((row.get("split") or "").strip())
+        return files, names, where, split if has_split else None
+
     def build_source(self) -> ImageFileSource:
         h = self.hparams
-        if h.root is not None:
-            files, names, classes = scan_class_folders(
-                h.root, [e.lower() if e.startswith(".") else f".{e.lower()}" for e in h.extensions]
-                if h.extensions else IMAGE_EXTENSIONS)
-        else:
-            rows = read_manifest(h.manifest, ["path", "label"])
-            files = resolve_paths(rows, "path", Path(h.manifest).expanduser().parent)
-            names = [r["label"].strip() for r in rows]
-            classes = sorted(set(names))
-            if len(classes) < 2:
-                raise DataError(f"manifest '{h.manifest}' has labels {classes}; at least two classes needed")
-            if "split" in rows[0]:
-                self._given_split = [r["split"].strip() for r in rows]
+        files, names, where, split = self._from_folders() if h.root is not None else self._from_manifest()
+        # Label errors are configuration errors: refuse them before the (slower) image scan.
+        encode_labels(names, h.class_order, where)
+        infos = scan_images(files, h.on_bad_file, self.skipped)
+        keep = [i for i, info in enumerate(infos) if info is not None]
+        log_skipped(self.skipped, "file")
+        if not keep:
+            raise DataError("no readable images left; see the skipped files above")
+        labels, classes = encode_labels([names[i] for i in keep], h.class_order, [where[i] for i in keep])
+        warn_rare_classes(labels, classes)
         self._class_names = classes
-        channels = h.channels or detect_channels(files[0])
-        labels = np.array([classes.index(n) for n in names], dtype=np.int64)
-        return ImageFileSource(files, labels, channels)
+        self._given_split = [split[i] for i in keep] if split is not None else None
+        kept = [infos[i] for i in keep]
+        channels = h.channels or majority_channels(kept)
+        describe_images(kept, channels, h.image_size)
+        return ImageFileSource([files[i] for i in keep], labels, channels)
 
     def given_split(self) -> list[str] | None:
         _ = self.source
@@ -87,4 +151,13 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         return [c for c in self.class_names if c != self.hparams.good_class]
 
     def predict_source(self, paths: list[Path]) -> ImageFileSource:
-        return ImageFileSource(paths, np.zeros(len(paths), dtype=int), self.source.channels)
+        """Files to predict on, scanned like the training data (bad ones follow ``on_bad_file``)."""
+        channels = self.source.channels
+        before = len(self.skipped)
+        infos = scan_images(paths, self.hparams.on_bad_file, self.skipped)
+        log_skipped(self.skipped[before:], "file")
+        kept = [i for i in infos if i is not None]
+        if not kept:
+            raise DataError("none of the predict_paths is a readable image; see the reasons above")
+        describe_images(kept, channels, self.hparams.image_size)
+        return ImageFileSource([i.path for i in kept], np.zeros(len(kept), dtype=int), channels)

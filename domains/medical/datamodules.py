@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import logging
@@ -19,6 +18,7 @@ from core.data import (
     read_manifest,
     scan_class_folders,
 )
+from core.filescan import log_skipped
 from domains.medical.dicom import count_frames, read_dicom
 from domains.medical.masks import read_mask
 
@@ -244,9 +244,7 @@ class DicomDataModule(ConvNeXtDataModule):
         return True
 
     def _report_skipped(self) -> None:
-        if self.skipped:
-            log.warning("skipped %d unreadable DICOM file(s) (listed in skipped_files.csv):\n%s",
-                        len(self.skipped), "\n".join(f"  {p}: {r}" for p, r in self.skipped))
+        log_skipped(self.skipped, "DICOM file")
 
     def make_source(self, paths: list[Path], frames: list[int | str], targets: list[Any],
                     ids: list[str]) -> DicomSource:
@@ -284,18 +282,6 @@ class DicomDataModule(ConvNeXtDataModule):
         return {**super().preprocessing(), "reader": "dicom", "modality_lut": True,
                 "input_scaling": "modality LUT values (HU for CT); each window maps to [0, 1]", "window": h.window,
                 "frames": h.frames, "target_spacing": h.target_spacing}
-
-    def teardown(self, stage: str) -> None:
-        """Write the skipped-file report next to the run's logs."""
-        trainer = getattr(self, "trainer", None)
-        if not self.skipped or trainer is None or trainer.log_dir is None:
-            return
-        out = Path(trainer.log_dir) / "skipped_files.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(self.skipped)
 
 
 class DicomMaskSource(DicomSource):
