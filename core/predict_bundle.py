@@ -37,10 +37,28 @@ EXTENSIONS = {
 
 
 def _band_spec(contract: dict[str, Any]):
+    """The training's band handling: the same selection, names, roles, nodata and indices."""
     from domains.agriculture.bands import BandSpec
 
-    return BandSpec(contract.get("bands"), contract.get("band_names"), contract.get("band_roles"),
+    # Select bands the way training did (``band_selection``: the `bands` option, None = all),
+    # so a file with other bands is refused as on the Lightning path; bundles from before
+    # that key select the resolved names. Roles are the resolved ones: never guessed again.
+    selection = contract["band_selection"] if "band_selection" in contract else contract.get("bands")
+    return BandSpec(selection, contract.get("band_names"), contract.get("band_roles") or None,
                     contract.get("nodata"), list(contract.get("indices") or []))
+
+
+def _open_bands(spec, path: Path, contract: dict[str, Any]):
+    """Open a GeoTIFF with the bundle's band spec; refuse other bands than training's."""
+    from domains.agriculture.bands import check_same_bands
+
+    stack = spec.open(str(path))
+    try:
+        check_same_bands(stack, contract["bands"], contract.get("file_band_count"), str(path))
+    except DataError:
+        stack.close()
+        raise
+    return stack
 
 
 def read_input(path: Path, contract: dict[str, Any]) -> tuple[np.ndarray, str]:
@@ -58,12 +76,18 @@ def read_input(path: Path, contract: dict[str, Any]) -> tuple[np.ndarray, str]:
     if reader == "geotiff_patch":
         from rasterio.windows import Window
 
+        from domains.agriculture.drift import InputDrift
+
         spec = _band_spec(contract)
-        stack = spec.open(str(path))
+        stack = _open_bands(spec, path, contract)
         try:
-            return spec.read(stack, Window(0, 0, stack.width, stack.height))[0], str(path)
+            image, valid = spec.read(stack, Window(0, 0, stack.width, stack.height))
         finally:
             stack.close()
+        drift = InputDrift(contract.get("channel_names") or [f"channel {i}" for i in range(image.shape[2])])
+        drift.add(normalize(image, contract["mean"], contract["std"]).transpose(2, 0, 1), valid)
+        drift.report(str(path))  # a warning in the log for inputs far outside training's statistics
+        return image, str(path)
     raise DataError(f"bundle input reader '{reader}' is not supported by this version")
 
 
@@ -142,24 +166,23 @@ def segment_scene(bundle: Bundle, scene: Path, out: Path, batch_size: int,
 
     contract = bundle.meta["input"]
     spec = _band_spec(contract)
-    stack = spec.open(str(scene))
-    if stack.names != list(contract["bands"]):
-        raise DataError(f"'{scene}' gives bands {stack.names}; the model needs {contract['bands']}")
+    stack = _open_bands(spec, scene, contract)
     tile, overlap = int(contract["tile_size"]), int(contract.get("predict_overlap", 0))
     target = out / f"{scene.stem}_classes.tif"
     probs_path = target.with_name(target.stem + "_probabilities.tif") if write_probabilities else None
-    writer = SceneWriter(target, {"width": stack.width, "height": stack.height, "crs": stack.crs,
-                                  "transform": stack.transform},
-                         bundle.meta["class_names"], tile, overlap, probs_path)
     try:
-        for windows in _batches(grid_windows(stack.width, stack.height, tile, overlap), batch_size):
-            reads = [spec.read(stack, w) for w in windows]
-            batch = np.stack([normalize(img, contract["mean"], contract["std"]).transpose(2, 0, 1)
-                              for img, _ in reads])
-            for w, (_, valid), p in zip(windows, reads, bundle.probabilities(batch), strict=True):
-                writer.add(w, p, valid)
+        # The writer renames its outputs only when the block ends without an error.
+        with SceneWriter(target, {"width": stack.width, "height": stack.height, "crs": stack.crs,
+                                  "transform": stack.transform},
+                         bundle.meta["class_names"], tile, overlap, probs_path,
+                         contract.get("channel_names")) as writer:
+            for windows in _batches(grid_windows(stack.width, stack.height, tile, overlap), batch_size):
+                reads = [spec.read(stack, w) for w in windows]
+                batch = np.stack([normalize(img, contract["mean"], contract["std"]).transpose(2, 0, 1)
+                                  for img, _ in reads])
+                for w, (_, valid), x, p in zip(windows, reads, batch, bundle.probabilities(batch), strict=True):
+                    writer.add(w, p, valid, x)
     finally:
-        writer.close()
         stack.close()
     return target
 

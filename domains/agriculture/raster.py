@@ -87,8 +87,8 @@ def _open(path: str) -> rasterio.DatasetReader:
 
 def _image_bands(ds: rasterio.DatasetReader, path: str) -> list[int]:
     """1-based indices of the image bands: an alpha band only marks valid pixels (dataset mask)."""
-    kinds = {np.dtype(d).kind for d in ds.dtypes}
-    if "c" in kinds:
+    # rasterio names complex types complex64, complex128 and complex_int16 (GDAL CInt16).
+    if any(str(d).startswith("complex") for d in ds.dtypes):
         raise DataError(
             f"raster '{path}' holds complex values ({', '.join(sorted(set(ds.dtypes)))}, e.g. SAR "
             "single-look complex data); the network needs real bands: convert it first to "
