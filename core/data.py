@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +112,36 @@ def apply_transform(transform, sample: dict[str, Any]) -> dict[str, Any]:
 # Files that segmentation masks / ground truth are usually stored as, beside or below images
 # (``img_001_mask.png``, ``000_gt.png``, ``masks/``, MVTec's ``ground_truth/``). A pattern
 # ending in ``/`` matches a folder name; the others match file names (case-insensitive globs).
+# A leading ``{stem}`` stands for the name of a JPEG in the same folder: masks are never saved
+# lossy, so ``x.png`` beside ``x.jpg`` is x's mask (the magnetic-tile data set's layout).
 DEFAULT_MASK_PATTERNS: tuple[str, ...] = (
-    "*_mask.*", "*_masks.*", "*_label.*", "*_labels.*", "*_gt.*", "*_groundtruth.*",
+    "*_mask.*", "*_masks.*", "*_label.*", "*_labels.*", "*_gt.*", "*_groundtruth.*", "{stem}.*",
     "mask/", "masks/", "label/", "labels/", "gt/", "ground_truth/", "groundtruth/",
 )
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+_STEM = "{stem}"
 
 
-def matches_patterns(relative: Path, patterns: Sequence[str]) -> bool:
-    """Whether a path below the data root matches a file (``*_mask.*``) or folder (``masks/``) glob."""
+def matches_patterns(relative: Path, patterns: Sequence[str], jpeg_stems: Collection[str] = ()) -> bool:
+    """Whether a path below the data root matches a mask pattern (see :data:`DEFAULT_MASK_PATTERNS`).
+
+    Args:
+        relative: the path relative to the data root.
+        patterns: file globs (``*_mask.*``), folder globs (``masks/``) and ``{stem}`` globs.
+        jpeg_stems: lower-case name stems of the JPEG files in the same folder, for ``{stem}``.
+    """
     folders = [part.lower() for part in relative.parts[:-1]]
     name = relative.name.lower()
     for pattern in patterns:
         pattern = pattern.lower()
         if pattern.endswith("/"):
             if any(fnmatch.fnmatchcase(f, pattern.rstrip("/")) for f in folders):
+                return True
+        elif pattern.startswith(_STEM):
+            if relative.suffix.lower() in JPEG_EXTENSIONS:
+                continue  # the JPEG is the image, never its own mask
+            rest = pattern[len(_STEM):]
+            if any(name[:i] in jpeg_stems and fnmatch.fnmatchcase(name[i:], rest) for i in range(1, len(name))):
                 return True
         elif fnmatch.fnmatchcase(name, pattern):
             return True
@@ -167,13 +183,16 @@ def scan_class_folders(
     files, labels, ignored = [], [], []
     for name in classes:
         found = []
-        for p in sorted((root / name).rglob("*")):
+        candidates = sorted(p for p in (root / name).rglob("*") if p.is_file())
+        jpeg_stems: dict[Path, set[str]] = {}
+        for p in candidates:
+            if p.suffix.lower() in JPEG_EXTENSIONS:
+                jpeg_stems.setdefault(p.parent, set()).add(p.stem.lower())
+        for p in candidates:
             relative = p.relative_to(root)
-            if not p.is_file():
-                continue
             if _hidden(relative) or p.suffix.lower() not in extensions:
                 ignored.append(relative)
-            elif matches_patterns(relative, exclude):
+            elif matches_patterns(relative, exclude, jpeg_stems.get(p.parent, ())):
                 excluded.append(relative)
             else:
                 found.append(p)

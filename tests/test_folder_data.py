@@ -16,7 +16,7 @@ from core.predict_bundle import read_input
 from core.preprocess import image_to_array, read_image_file
 from domains.manufacturing import DefectClassificationTask, DefectFolderDataModule
 
-from .conftest import TINY, make_defect_folders, write_defect_image
+from .conftest import REALDATA, TINY, make_defect_folders, write_defect_image
 
 
 def truncate(path: Path) -> None:
@@ -137,6 +137,31 @@ def test_masks_beside_images_are_left_out_and_reported(tmp_path, caplog):
     assert "left out 5 file(s)/folder(s)" in caplog.text and "look like masks" in caplog.text
     everything = DefectFolderDataModule(root=str(root), mask_patterns=[])
     assert everything.class_names == ["good", "ground_truth", "scratch"] and len(everything.source) == 17
+
+
+def test_lossless_file_beside_a_jpeg_of_the_same_name_is_its_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("good", "crack"):
+        for i in range(5):
+            jpg = tmp_path / "d" / cls / "Imgs" / f"exp1_num_{i}.jpg"
+            write_defect_image(jpg, cls == "crack", rng)
+            Image.open(jpg).convert("L").save(jpg.with_suffix(".png"))  # the magnetic-tile layout
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "d" / "good" / "Imgs" / "alone.png")
+    dm = DefectFolderDataModule(root=str(tmp_path / "d"), image_size=32)
+    assert sorted(Path(p).name for p in dm.source.paths if "good" in p) == [
+        "alone.png", *(f"exp1_num_{i}.jpg" for i in range(5))]
+    assert len(dm.source) == 11
+
+
+MAGNETIC_TILES = REALDATA / "manufacturing" / "magnetic_tile_defects"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not MAGNETIC_TILES.is_dir(), reason=f"real data not found at {MAGNETIC_TILES}")
+def test_magnetic_tiles_masks_beside_images_are_not_samples():
+    dm = DefectFolderDataModule(root=str(MAGNETIC_TILES), good_class="MT_Free", image_size=64)
+    assert len(dm.source) == 792 and all(p.endswith(".jpg") for p in dm.source.paths)
+    assert dm.num_classes == 6 and dm.skipped == []
 
 
 def test_stray_files_are_ignored(tmp_path):

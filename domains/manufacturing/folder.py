@@ -51,8 +51,9 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         class_order: the valid labels (class folders) in class order; a label outside it is an
             error naming the row. Default: the sorted labels found.
         extensions: image file endings to use in class folders; default all common image types.
-        mask_patterns: class-folder files (``*_mask.*``) and folders (``masks/``) that are
-            masks or ground truth, not images, and are left out (with a warning); ``[]`` keeps
+        mask_patterns: class-folder files (``*_mask.*``), folders (``masks/``) and files named
+            like a JPEG beside them (``{stem}.*``: ``x.png`` beside ``x.jpg``) that are masks
+            or ground truth, not images, and are left out (with a warning); ``[]`` keeps
             everything. Default :data:`core.data.DEFAULT_MASK_PATTERNS`.
         on_bad_file: ``error`` stops naming every unreadable file or blank/missing manifest
             entry; ``skip`` leaves them out of every split and reports them (log and
