@@ -25,7 +25,7 @@ from torchmetrics.classification import (
 )
 
 from core import operating_point as op
-from core.losses import balanced_class_weights
+from core.losses import balanced_class_weights, class_weight_buffer
 from core.prediction_writer import ClassificationCSVWriter
 from core.reporting import write_classification_report
 from core.task import ConvNeXtTask
@@ -78,7 +78,7 @@ class ClassificationTask(ConvNeXtTask):
         self.positive_index = self._resolve_positive(positive_classes)
         stages = ("val", "test", "predict")
         self.collected = nn.ModuleDict(
-            {f"{s}_{k}": CatMetric() for s in stages for k in ("probs", "target")}
+            {f"{s}_{k}": CatMetric(nan_strategy="disable") for s in stages for k in ("probs", "target")}
         )
 
     @property
@@ -95,16 +95,9 @@ class ClassificationTask(ConvNeXtTask):
 
     # ---- hooks ---------------------------------------------------------------------------
     def configure_losses(self) -> None:
-        weights = self.hparams.class_weights
-        weight = None
-        if isinstance(weights, Sequence) and not isinstance(weights, str):
-            if len(weights) != self.hparams.num_classes:
-                raise ValueError(
-                    f"class_weights has {len(weights)} entries for {self.hparams.num_classes} classes"
-                )
-            weight = torch.tensor(weights, dtype=torch.float32)
         # Not persistent: "balanced" weights are derived from the data, not learned state.
-        self.register_buffer("class_weight", weight, persistent=False)
+        self.register_buffer("class_weight", class_weight_buffer(
+            self.hparams.class_weights, self.hparams.num_classes), persistent=False)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer else None
@@ -120,7 +113,7 @@ class ClassificationTask(ConvNeXtTask):
             else:
                 weight = balanced_class_weights(counts)
             log.info("balanced class weights %s", [round(w, 4) for w in weight.tolist()])
-            self.class_weight = weight.to(self.device)
+            self.class_weight.copy_(weight)
 
     def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         if self.multilabel:

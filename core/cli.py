@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from core.data import ConvNeXtDataModule
+from core.progress import progress_settings
+from core.resume import plan_resume
 from core.task import ConvNeXtTask
 
 
@@ -24,7 +27,6 @@ def trainer_defaults() -> dict[str, Any]:
         "precision": default_precision(),
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                    "init_args": {"save_dir": "runs"}},
-        "callbacks": [RichProgressBar()],
     }
 
 
@@ -32,8 +34,24 @@ class ConvNeXtCLI(LightningCLI):
     """LightningCLI in subclass mode: any task and datamodule of this project by ``class_path``.
 
     The datamodule's ``num_classes``, ``in_chans``, ``class_names`` and ``channel_names`` are linked into the
-    model so no YAML repeats them.
+    model so no YAML repeats them. ``fit --ckpt_path`` resumes in the checkpoint's own run
+    folder; the progress display follows the output (see :func:`core.progress.progress_settings`).
     """
+
+    _extra_callbacks: list[Callback] = []
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            self._extra_callbacks = plan_resume(config.ckpt_path, config.trainer.logger)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        given = config.get("callbacks") or []
+        given = list(given) if isinstance(given, list) else [given]
+        enable, shown = progress_settings(config.get("enable_progress_bar"), given, sys.stdout.isatty())
+        return super().instantiate_trainer(enable_progress_bar=enable,
+                                           callbacks=given + shown + self._extra_callbacks, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in ("num_classes", "in_chans", "class_names", "channel_names"):

@@ -19,6 +19,24 @@ def balanced_class_weights(counts: Sequence[float] | Tensor) -> Tensor:
     return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 
+def class_weight_buffer(weights: str | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    """The initial ``class_weight`` buffer of a task, after checking the ``class_weights`` option.
+
+    ``"balanced"`` starts as ones and is filled from the training split in ``setup``: the buffer
+    must have its final shape from construction on, because weight averaging (EMA) copies the
+    model at the start of ``fit`` and pairs its buffers with the model's by position.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        if weights != "balanced":
+            raise ValueError(f"class_weights must be 'balanced', a list or None, got '{weights}'")
+        return torch.ones(num_classes)
+    if len(weights) != num_classes:
+        raise ValueError(f"class_weights has {len(weights)} entries for {num_classes} classes")
+    return torch.tensor(list(weights), dtype=torch.float32)
+
+
 def masked_cross_entropy(
     logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None
 ) -> Tensor:

@@ -22,7 +22,12 @@ from torchmetrics.classification import (
 )
 
 from core.heads import build_head
-from core.losses import balanced_class_weights, masked_cross_entropy, soft_dice_loss
+from core.losses import (
+    balanced_class_weights,
+    class_weight_buffer,
+    masked_cross_entropy,
+    soft_dice_loss,
+)
 from core.reporting import write_segmentation_report
 from core.task import ConvNeXtTask
 
@@ -106,21 +111,15 @@ class SegmentationTask(ConvNeXtTask):
         weights = h.class_weights
         if weights is not None and h.loss == "dice":
             raise ValueError("class_weights weight the cross-entropy term; use loss 'ce' or 'ce+dice'")
-        weight = None
-        if isinstance(weights, str):
-            if weights != "balanced":
-                raise ValueError(f"class_weights must be 'balanced', a list or None, got '{weights}'")
-        elif weights is not None:
-            if len(weights) != h.num_classes:
-                raise ValueError(f"class_weights has {len(weights)} entries for {h.num_classes} classes")
-            weight = torch.tensor(list(weights), dtype=torch.float32)
         # Not persistent: "balanced" weights are derived from the data, not learned state.
-        self.register_buffer("class_weight", weight, persistent=False)
+        self.register_buffer("class_weight", class_weight_buffer(weights, h.num_classes),
+                             persistent=False)
+        self._weights_counted = False
 
     def setup(self, stage: str) -> None:
         if self.hparams.class_weights != "balanced":
             return
-        if self.class_weight is not None and stage != "fit":
+        if self._weights_counted and stage != "fit":
             return  # counting a large training split again for validate/test would only cost time
         datamodule = self.trainer.datamodule if self._trainer else None
         if not hasattr(datamodule, "train_class_counts"):
@@ -132,7 +131,8 @@ class SegmentationTask(ConvNeXtTask):
             raise ValueError(f"train_class_counts() has {len(weight)} entries for "
                              f"{self.hparams.num_classes} classes")
         log.info("balanced class weights %s", [round(w, 4) for w in weight.tolist()])
-        self.class_weight = weight.to(self.device)
+        self.class_weight.copy_(weight)
+        self._weights_counted = True
 
     def compute_loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         target = target.long()

@@ -7,12 +7,14 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch import Tensor, nn
 from torch.optim import AdamW
 from torchmetrics import MetricCollection
 
 from core.backbone import ConvNeXtBackbone
+from core.checkpointing import default_checkpoints
+from core.ema import ParameterEMA
 from core.recipe import recipe_param_groups, warmup_cosine
 from core.weights import rgb_index_from_names
 
@@ -141,16 +143,21 @@ class ConvNeXtTask(LightningModule):
         x, target = batch["image"], batch[self.target_key]
         outputs = self(x)
         loss = self.compute_loss(outputs, target)
-        if stage == "train" and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step}. Lower model.init_args.lr (now {self.hparams.lr}), check the "
-                "input data for NaN/inf values, or give explicit data normalisation mean/std."
-            )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(self._non_finite_message(stage, loss))
         self.update_metrics(stage, outputs.detach(), target)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
                  prog_bar=True, batch_size=x.shape[0])
         return loss
+
+    def _non_finite_message(self, stage: str, loss: Tensor) -> str:
+        where = f"{stage} loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}"
+        if stage == "train" or self.trainer.state.fn == "fit":  # validation inside fit: diverged
+            return (f"{where}: training diverged. Lower model.init_args.lr (now {self.hparams.lr}), "
+                    "check the input data for NaN/inf values, or give explicit data normalisation "
+                    "mean/std.")
+        return (f"{where}: the model's outputs are not finite. Check the input data for NaN/inf "
+                "values and that the checkpoint comes from a run whose training did not diverge.")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -202,15 +209,14 @@ class ConvNeXtTask(LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
         if self.trainer.checkpoint_callback is not None:  # respect enable_checkpointing=False
-            callbacks.append(ModelCheckpoint(monitor=self.monitor, mode=self.monitor_mode,
-                                             save_last=True, filename="best-{epoch}-{step}"))
+            callbacks += default_checkpoints(self.trainer, self.monitor, self.monitor_mode)
         writer = self.prediction_writer()
         if writer is not None:
             callbacks.append(writer)
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.ema_decay:
-            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+            callbacks.append(ParameterEMA(decay=self.hparams.ema_decay))
         return callbacks
 
     def on_train_epoch_start(self) -> None:

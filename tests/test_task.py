@@ -191,3 +191,31 @@ def test_epoch_metrics_reset_cleanly_without_warnings():
             values = task.train_metrics.compute()
             task.train_metrics.reset()
     assert {"train/recall_1", "train/precision_1", "train/acc"} <= set(values)
+
+
+def test_non_finite_validation_stops_with_our_message(tmp_path):
+    # NaN outputs on validation (weights diverged on the epoch's last step, or NaN inputs) used to
+    # end in "TypeError: list indices must be integers" from the operating-point code.
+    task = ScoreTask(**TINY, in_chans=1, num_classes=2, class_names=["good", "defective"],
+                     target_recall=0.9)
+    val = score_data([0.9, 0.8, 0.6, 0.3, 0.5, 0.2, 0.1, 0.05], [1, 1, 1, 1, 0, 0, 0, 0])
+    val.images[:] = float("nan")
+    with pytest.raises(FloatingPointError, match="val loss became nan .* not finite. Check the input"):
+        trainer(tmp_path).validate(task, DataLoader(val, batch_size=4))
+
+
+def test_divergence_during_fit_names_the_learning_rate(tmp_path):
+    class DivergesAfterTraining(ScoreTask):
+        def on_train_batch_end(self, *args):  # the epoch's last optimizer step left NaN weights
+            self.diverged = True
+
+        def forward(self, x):
+            out = super().forward(x)
+            bias = self.backbone.model.head.fc.bias.sum()
+            return out * float("nan") if getattr(self, "diverged", False) else out + 0 * bias
+
+    task = DivergesAfterTraining(**TINY, in_chans=1, num_classes=2, class_names=["good", "defective"])
+    data = score_data([0.9, 0.2, 0.8, 0.1], [1, 0, 1, 0])
+    with pytest.raises(FloatingPointError, match="val loss became nan .*training diverged. Lower model"):
+        trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(
+            task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))

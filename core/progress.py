@@ -1,0 +1,66 @@
+"""What a run prints: a Rich progress bar in a terminal, one line per epoch anywhere else."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+
+class EpochSummary(Callback):
+    """One line per training epoch: epoch, wall time, mean train loss, the monitored metric.
+
+    Written where no progress bar is drawn (``nohup``, CI, ``tee`` into a file, or
+    ``enable_progress_bar: false``), so long runs still show they are alive and how they do.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self._start = 0.0
+        self._loss_sum = 0.0
+        self._batches = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self._loss_sum, self._batches = time.monotonic(), 0.0, 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss_sum += float(loss)
+            self._batches += 1
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"epoch {trainer.current_epoch + 1}{total}",
+                 f"{time.monotonic() - self._start:.1f}s"]
+        if self._batches:
+            parts.append(f"train/loss {self._loss_sum / self._batches:.4f}")
+        monitor = getattr(pl_module, "monitor", None)
+        value = trainer.callback_metrics.get(monitor) if monitor else None
+        if value is not None:
+            parts.append(f"{monitor} {float(value):.4f}")
+            best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+            if best is not None and getattr(trainer.checkpoint_callback, "monitor", None) == monitor:
+                parts.append(f"best {float(best):.4f}")
+        print("  ".join(parts), file=self.stream or sys.stdout, flush=True)
+
+
+def progress_settings(enable_progress_bar: bool | None, callbacks: list[Callback],
+                      interactive: bool) -> tuple[bool, list[Callback]]:
+    """``enable_progress_bar`` and the callbacks to add for how the output is watched.
+
+    A user's own progress bar callback is kept as it is. Otherwise a terminal gets the Rich
+    bar; when the bar is off or nobody watches a terminal (Rich would draw nothing, tqdm would
+    flood the log with carriage returns) each epoch prints one summary line instead.
+    """
+    if any(isinstance(c, ProgressBar) for c in callbacks):
+        return enable_progress_bar is not False, []
+    if enable_progress_bar is not False and interactive:
+        return True, [RichProgressBar()]
+    return False, [EpochSummary()]

@@ -1,0 +1,96 @@
+"""The CLI run around training: checkpoint settings, progress output, resuming, error lines."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from core.cli import run_cli
+from core.progress import EpochSummary
+
+from .conftest import TINY_ARGS, make_defect_folders
+from .test_cli import ROOT, tiny_args
+
+CONFIG = ROOT / "configs" / "manufacturing" / "folder.yaml"
+EXE = Path(sys.executable).parent / "convnext-domains"
+
+
+def _val_rows(log_dir: Path) -> list[dict[str, str]]:
+    rows = csv.DictReader((Path(log_dir) / "metrics.csv").open())
+    return [r for r in rows if r.get("val/auroc")]
+
+
+def test_user_model_checkpoint_in_yaml_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(CONFIG.read_text())
+    config["trainer"]["callbacks"] = [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"monitor": "val/acc", "mode": "max", "save_top_k": 2,
+                      "filename": "best-{epoch}-{val/acc:.4f}", "auto_insert_metric_name": False},
+    }]
+    user_config = tmp_path / "mine.yaml"
+    user_config.write_text(yaml.safe_dump(config))
+    args = tiny_args(CONFIG, tmp_path, monkeypatch)
+    args[args.index(str(CONFIG))] = str(user_config)
+    fit = run_cli(["fit", *args, "--trainer.max_epochs=2"])
+    checkpoints = fit.trainer.checkpoint_callbacks
+    assert [(c.monitor, c.mode, c.save_top_k) for c in checkpoints] == [("val/acc", "max", 2)]
+    saved = sorted(p.name for p in Path(checkpoints[0].dirpath).glob("*.ckpt"))
+    score = float(checkpoints[0].best_model_score)
+    assert any(name.endswith(f"-{score:.4f}.ckpt") for name in saved), saved
+
+
+def test_default_checkpoints_track_the_task_metric_and_the_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fit = run_cli(["fit", *tiny_args(CONFIG, tmp_path, monkeypatch), "--trainer.max_epochs=3"])
+    best, last = fit.trainer.checkpoint_callbacks
+    assert (best.monitor, best.mode) == ("val/auroc", "max")
+    # last.ckpt holds the final epoch even when the monitored metric stopped improving.
+    ckpt = torch.load(Path(last.dirpath) / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2
+
+
+def test_progress_bar_can_be_disabled_and_epochs_are_summarised(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fit = run_cli(["fit", *tiny_args(CONFIG, tmp_path, monkeypatch), "--trainer.max_epochs=2",
+                   "--trainer.enable_progress_bar=false"])
+    assert fit.trainer.state.finished and fit.trainer.progress_bar_callback is None
+    assert any(isinstance(c, EpochSummary) for c in fit.trainer.callbacks)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    assert all("train/loss" in ln and "val/auroc" in ln for ln in lines)
+
+
+def test_console_script_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):
+    root = make_defect_folders(tmp_path / "defects", per_class=6)
+    result = subprocess.run(
+        [str(EXE), "fit", "--config", str(CONFIG), *TINY_ARGS, f"--data.init_args.root={root}",
+         "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+         "--data.init_args.batch_size=4", "--trainer.max_epochs=2",
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    epochs = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and "val/auroc" in epochs[-1], result.stdout[-2000:]
+
+
+def test_resume_continues_in_the_same_run_folder_with_its_best_score(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tiny_args(CONFIG, tmp_path, monkeypatch)
+    first = run_cli(["fit", *base, "--trainer.max_epochs=2"])
+    log_dir = Path(first.trainer.log_dir)
+    best_before = float(first.trainer.checkpoint_callback.best_model_score)
+    last = log_dir / "checkpoints" / "last.ckpt"
+    resumed = run_cli(["fit", *base, "--trainer.max_epochs=4", f"--ckpt_path={last}"])
+    assert Path(resumed.trainer.log_dir) == log_dir
+    assert not (log_dir.parent / "version_1").exists()
+    rows = _val_rows(log_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    best_after = float(resumed.trainer.checkpoint_callback.best_model_score)
+    assert best_after == pytest.approx(max(float(r["val/auroc"]) for r in rows))
+    assert best_after >= best_before
