@@ -1,9 +1,11 @@
 """Export bundles: the schema, integrity checks and loading. numpy, json and onnxruntime only.
 
 A bundle directory holds ``model.onnx`` (the network: input ``NCHW float32`` -> logits),
-``metadata.json`` (this schema), ``README.md`` (model card) and optionally ``model.ckpt``.
-``metadata.json`` lists the sha256 of every other file and carries a digest of itself, so a
-changed file or a hand-edited threshold is noticed before anything runs.
+``metadata.json`` (this schema), ``README.md`` (model card), optionally ``model.ckpt``, and the
+self-contained predictor: ``predict.py``, ``requirements.txt`` and ``predictor/`` (copies of
+the torch-free project modules). ``metadata.json`` lists the sha256 of every other file, in
+subfolders too, and carries a digest of itself, so a changed file, a tampered predictor or a
+hand-edited threshold is noticed before anything runs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,10 @@ from core.errors import DataError
 SCHEMA_VERSION = "1.0"
 METADATA = "metadata.json"
 MODEL = "model.onnx"
+# The self-contained predictor (see core.export.write_predictor).
+LAUNCHER = "predict.py"
+REQUIREMENTS = "requirements.txt"
+PREDICTOR = "predictor"
 
 
 class BundleError(DataError):
@@ -41,12 +47,24 @@ def metadata_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def bundle_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` except metadata.json, as sorted relative POSIX paths."""
+    names = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(n for n in names if n != METADATA)
+
+
 def seal(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Record the sha256 of every file in ``folder`` (except metadata.json) and the digest."""
-    meta["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-                     if p.is_file() and p.name != METADATA}
+    """Record the sha256 of every file under ``folder`` (except metadata.json) and the digest."""
+    meta["files"] = {name: sha256_file(folder / name) for name in bundle_files(folder)}
     meta["metadata_sha256"] = metadata_digest(meta)
     return meta
+
+
+def _inside(name: str) -> bool:
+    """Whether a listed file name is a plain relative path that stays inside the bundle."""
+    path = PurePosixPath(name)
+    return (bool(name) and "\\" not in name and not path.is_absolute()
+            and all(part not in ("", ".", "..") for part in name.split("/")))
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -114,7 +132,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if MODEL not in files:
         raise BundleError(f"bundle '{folder}' lists no {MODEL}; re-export it")
     for name, expected in files.items():
-        if Path(name).name != name or name in ("", ".", ".."):
+        if not _inside(name):
             raise BundleError(f"{meta_path} lists '{name}', which is not a file of the bundle folder")
         file = folder / name
         if not file.is_file():

@@ -5,25 +5,37 @@
 ``model.onnx`` (the network only: ``NCHW float32`` in, logits out), checks on seeded inputs
 that ONNX Runtime gives the same probabilities as Lightning's ``predict``, and writes
 ``README.md`` (model card) and ``metadata.json`` (schema of :mod:`core.bundle`, sealed with
-the sha256 of every file). Everything is written into a temporary folder next to ``DIR`` and
-renamed into place only when all of it succeeded, so ``DIR`` is either a complete, verified
-bundle or absent.
+the sha256 of every file). The bundle also carries its own torch-free predictor
+(``predict.py``, ``requirements.txt`` and ``predictor/``, copies of the project modules that
+:data:`core.predict_bundle.READERS` names for its reader), so it can be handed over alone.
+
+Everything is written into a temporary folder next to ``DIR`` and renamed into place only when
+all of it succeeded, so ``DIR`` is either a complete, verified bundle or absent. SIGTERM removes
+the temporary folder; one left by a killed export (SIGKILL, power loss) is removed by the next
+export into the same folder once it is provably abandoned (:func:`clean_stale_partials`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
 import os
 import platform
+import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -35,8 +47,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.bundle import METADATA, MODEL, SCHEMA_VERSION, Bundle, load_bundle, seal
+from core.bundle import (
+    LAUNCHER,
+    METADATA,
+    MODEL,
+    PREDICTOR,
+    REQUIREMENTS,
+    SCHEMA_VERSION,
+    Bundle,
+    load_bundle,
+    seal,
+)
 from core.errors import DataError
+from core.predict_bundle import BASE_PACKAGES, PREDICTOR_MODULES, reader_support
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +67,16 @@ CHECKPOINT_COPY = "model.ckpt"
 CARD = "README.md"
 PARITY_INPUTS = "seeded standard normal in normalised space"
 VERSIONED = ("convnext-domains", "torch", "lightning", "timm", "onnx", "onnxruntime", "numpy")
-# Readers whose inputs need an optional package besides onnxruntime, numpy and pillow.
-READER_EXTRAS = {"dicom": "pydicom", "geotiff_scene": "rasterio", "geotiff_patch": "rasterio"}
+# Top-level packages of this project: the predictor copies their modules, nothing else.
+PROJECT_PACKAGES = ("core", "domains")
+DISTRIBUTION = "convnext-domains"
+# Marks a temporary export folder as ours while it is being written (removed before sealing).
+OWNER = ".export-owner.json"
+OWNER_TOOL = "convnext-domains export"
+# A temporary folder nobody touched for this long is abandoned even if its owner is unknown;
+# an export takes minutes, so a live one is never this old.
+STALE_AFTER_S = 24 * 3600
+_PARTIAL_NAME = re.compile(r"^\..+\.partial-[A-Za-z0-9_]+$")
 
 
 # ---- the checkpoint -----------------------------------------------------------------------
@@ -513,15 +544,24 @@ def model_card(meta: dict[str, Any]) -> str:
                      "use or diagnosis.")
     if meta["task"] == "segmentation":
         lines.append(f"- The network takes {size} tiles; larger images are predicted tile by tile.")
-    extra = READER_EXTRAS.get(reader)
+    predictor = meta.get("predictor") or {}
     lines += [
         "",
         "## How to run",
         "",
-        "Without torch:",
+        "This folder runs on its own, without torch or a convnext-domains checkout (Python "
+        f"{predictor.get('python', '>=3.10')}; `{REQUIREMENTS}`: "
+        f"{', '.join(predictor.get('requirements') or [])}):",
         "",
         "```bash",
-        "pip install onnxruntime numpy pillow" + (f" {extra}" if extra else ""),
+        f"pip install -r DIR/{REQUIREMENTS}",
+        f"python DIR/{LAUNCHER} INPUT... --out OUT",
+        "```",
+        "",
+        f"`{PREDICTOR}/` holds the predictor's code, copied from convnext-domains at export and "
+        "sealed with the model. Where convnext-domains is installed, this is the same as:",
+        "",
+        "```bash",
         "convnext-domains predict --bundle DIR INPUT... --out OUT",
         "```",
         "",
@@ -530,6 +570,315 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---- the self-contained predictor ---------------------------------------------------------
+LAUNCHER_SOURCE = '''"""Predict with this bundle; needs neither torch nor a convnext-domains checkout.
+
+    pip install -r requirements.txt
+    python predict.py INPUT... --out OUT [--threshold T]
+
+predictor/ is a copy of convnext-domains' torch-free prediction code, made at export and sealed
+with the model in metadata.json: a modified file is refused before it runs.
+"""
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if sys.version_info < (3, 10):
+    sys.exit("error: this predictor needs Python 3.10 or newer")
+sys.dont_write_bytecode = True  # leave the handed-over folder exactly as it was sealed
+sys.path.insert(0, str(HERE / "predictor"))
+
+
+def _missing(err: ImportError) -> None:
+    print(f"error: {err}; install this bundle's requirements: pip install -r "
+          f"{HERE / 'requirements.txt'}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    try:
+        from core.bundle import BundleError, load_bundle
+    except ImportError as err:
+        _missing(err)
+    try:
+        load_bundle(HERE)  # every sha256, the predictor's included, before it is imported
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        from core.predict_bundle import main
+        main(sys.argv[1:], bundle=HERE)
+    except ModuleNotFoundError as err:  # a reader's package (pydicom, rasterio) is missing
+        _missing(err)
+'''
+
+
+def _module_source(name: str) -> Path | None:
+    """The source file of a project module (``__init__.py`` for a package), or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _is_type_checking(node: ast.stmt) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements run at import: module level, inside if/try/with blocks, not in defs."""
+    for node in body:
+        if _is_type_checking(node):
+            continue
+        yield node
+        if isinstance(node, ast.If | ast.Try | ast.With):
+            for block in ("body", "orelse", "finalbody"):
+                yield from _top_level(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _top_level(handler.body)
+
+
+def _imports(name: str, tree: ast.Module, module_level: bool) -> set[str]:
+    """Project modules imported by module ``name``: at import time, or lazily inside functions.
+
+    ``from pkg import x`` counts ``pkg.x`` when that is a module; relative imports are resolved.
+    """
+    source = _module_source(name)
+    package = name if source is not None and source.name == "__init__.py" else name.rpartition(".")[0]
+    top = list(_top_level(tree.body))
+    if module_level:
+        nodes = top
+    else:
+        skip = {id(n) for n in top}
+        skip |= {id(n) for node in ast.walk(tree) if _is_type_checking(node) for n in ast.walk(node)}
+        nodes = [n for n in ast.walk(tree) if id(n) not in skip]
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names
+                         if base.split(".")[0] in PROJECT_PACKAGES
+                         and _module_source(f"{base}.{alias.name}") is not None)
+    return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES and _module_source(m) is not None}
+
+
+def predictor_modules(reader: str) -> list[str]:
+    """Every project module the torch-free predictor of a ``reader`` bundle can import.
+
+    Starts from :data:`core.predict_bundle.PREDICTOR_MODULES` and the reader's declared
+    modules, then follows module-level imports of project modules and adds the packages
+    (``__init__``) above each, so the list follows the code instead of being kept by hand.
+    """
+    todo = [*PREDICTOR_MODULES, *reader_support(reader).modules]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        source = _module_source(name)
+        if source is None:
+            raise DataError(f"the predictor of '{reader}' bundles needs module {name}, which cannot "
+                            "be found; reinstall convnext-domains with that domain's files")
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += sorted(_imports(name, ast.parse(source.read_text(), str(source)), module_level=True))
+    return sorted(seen)
+
+
+def _declared_requirements() -> dict[str, str]:
+    """``{normalised name: requirement}`` from the installed convnext-domains' metadata.
+
+    That metadata is pyproject.toml's dependencies and extras, so the floors are declared once.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise DataError(f"{DISTRIBUTION} is not installed, so its declared requirements are "
+                        "unknown; install it (pip install -e '.[export]') and export again") from err
+    found: dict[str, str] = {}
+    for text in declared:
+        req = Requirement(text)
+        found.setdefault(canonicalize_name(req.name), f"{req.name}{req.specifier}")
+    return found
+
+
+def predictor_requirements(reader: str) -> list[str]:
+    """requirements.txt lines of a ``reader`` bundle, with the project's version floors."""
+    from packaging.utils import canonicalize_name
+
+    declared = _declared_requirements()
+    lines = []
+    for package in (*BASE_PACKAGES, *reader_support(reader).packages):
+        if canonicalize_name(package) not in declared:
+            raise DataError(f"{DISTRIBUTION} declares no requirement for {package}, which the "
+                            f"'{reader}' predictor needs; add it to pyproject.toml")
+        lines.append(declared[canonicalize_name(package)])
+    return lines
+
+
+def write_predictor(folder: Path, reader: str) -> dict[str, Any]:
+    """Write ``predict.py``, ``requirements.txt`` and ``predictor/`` into ``folder``.
+
+    Returns the ``predictor`` entry of metadata.json.
+    """
+    modules = predictor_modules(reader)
+    for name in modules:
+        source = _module_source(name)
+        relative = Path(*name.split("."))
+        relative = relative / "__init__.py" if source.name == "__init__.py" else relative.with_suffix(".py")
+        target = folder / PREDICTOR / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    requirements = predictor_requirements(reader)
+    (folder / REQUIREMENTS).write_text(
+        f"# Packages of this bundle's predictor ({LAUNCHER}); no torch needed.\n"
+        f"# pip install -r {REQUIREMENTS}\n" + "".join(f"{line}\n" for line in requirements))
+    (folder / LAUNCHER).write_text(LAUNCHER_SOURCE)
+    return {"command": f"python {LAUNCHER} INPUT... --out OUT", "requirements": requirements,
+            "modules": modules, "python": ">=3.10"}
+
+
+# ---- interrupted exports ------------------------------------------------------------------
+class ExportInterrupted(BaseException):
+    """SIGTERM arrived during an export (a BaseException, like KeyboardInterrupt for SIGINT)."""
+
+    def __init__(self, published: Path | None = None) -> None:
+        super().__init__("export interrupted by SIGTERM")
+        self.published = published
+
+
+class _SigtermGuard:
+    """While active, SIGTERM raises :class:`ExportInterrupted` so the temporary folder is removed.
+
+    Inside :meth:`deferred` (the final renames) the signal waits until the block is done: a
+    rename pair cut in the middle would lose the previous bundle.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.installed = False
+        self.deferring = False
+        self.pending = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.deferring:
+            self.pending = True
+        else:
+            raise ExportInterrupted()
+
+    def __enter__(self) -> _SigtermGuard:
+        # Handlers can only be set from the main thread; elsewhere SIGTERM keeps its meaning.
+        if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def deferred(self, published: Path) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            raise ExportInterrupted(published)
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when that cannot be told)."""
+    if os.name != "posix" or pid <= 0:
+        return True  # os.kill(pid, 0) is no probe on Windows: it would end the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists but belongs to another user, or not a pid at all
+    return True
+
+
+def _newest_mtime(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    times += [p.lstat().st_mtime for p in folder.rglob("*")]
+    return max(times)
+
+
+def _stale_reason(folder: Path, now: float) -> str | None:
+    """Why ``folder`` (named like our temporary export folders) is an abandoned export of ours,
+    or None when that is not certain (then it is kept)."""
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+    except FileNotFoundError:
+        owner = None
+    except (OSError, ValueError):
+        return None
+    if owner is not None:
+        if not isinstance(owner, dict) or owner.get("tool") != OWNER_TOOL:
+            return None
+        pid = owner.get("pid")
+        if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_running(pid):
+            return f"its export (process {pid}) is no longer running"
+    else:
+        # Left by an export from before owner files: ours only if it holds bundle files alone.
+        known = {MODEL, METADATA, CARD, CHECKPOINT_COPY, LAUNCHER, REQUIREMENTS, PREDICTOR}
+        if any(p.name not in known for p in folder.iterdir()):
+            return None
+    hours = (now - _newest_mtime(folder)) / 3600
+    if hours * 3600 > STALE_AFTER_S:
+        return f"untouched for {hours:.0f} hours"
+    return None
+
+
+def clean_stale_partials(parent: Path) -> list[Path]:
+    """Remove abandoned temporary export folders (``.NAME.partial-*``) in ``parent``.
+
+    A folder is removed only when it is provably ours and abandoned: its owner file names a
+    process of this machine that no longer runs, or nothing in it changed for
+    :data:`STALE_AFTER_S`. A concurrent export's folder is kept. Returns the removed folders.
+    """
+    removed = []
+    if not parent.is_dir():
+        return removed
+    now = time.time()
+    for folder in sorted(parent.iterdir()):
+        if not _PARTIAL_NAME.match(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            reason = _stale_reason(folder, now)
+            if reason is None:
+                continue
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+        except OSError as err:  # vanished meanwhile, or not ours to delete: leave it
+            log.debug("kept %s: %s", folder, err)
+            continue
+        log.warning("removed '%s', left by an interrupted export (%s; %.1f MB)", folder, reason,
+                    size / 1e6)
+        removed.append(folder)
+    return removed
 
 
 # ---- the export ---------------------------------------------------------------------------
@@ -588,6 +937,8 @@ def export_bundle(
     Raises:
         DataError: not a convnext-domains checkpoint, ``out`` exists, or the parity check failed.
             Nothing is left at ``out`` (nor any temporary folder) on failure.
+        ExportInterrupted: SIGTERM arrived (the temporary folder is removed first; if it came
+            during the final rename, the finished bundle is at ``out`` and ``published`` says so).
     """
     ckpt, out = Path(ckpt).expanduser(), Path(out).expanduser().absolute()
     _check_target(out, overwrite)  # fail before minutes of work, checked again at the rename
@@ -600,28 +951,39 @@ def export_bundle(
     shape = input_shape(checkpoint["preprocessing"], task.hparams.in_chans)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent as `out`, so the final rename is atomic (same file system).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        write_onnx(task, tmp / MODEL, shape, opset)
-        meta = build_metadata(task, checkpoint, ckpt, shape)
-        meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples, tolerance, seed)
-        if include_checkpoint:
-            shutil.copyfile(ckpt, tmp / CHECKPOINT_COPY)
-        meta = _jsonable(meta)
-        (tmp / CARD).write_text(model_card(meta))
-        seal(meta, tmp)
-        # Last: a folder without metadata.json is never mistaken for a bundle.
-        (tmp / METADATA).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-        load_bundle(tmp)  # the bundle as a reader sees it: schema, digest, every file
-        # mkdtemp makes the folder private (0700); a bundle is meant to be copied and shared.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-        _publish(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    clean_stale_partials(out.parent)
+    with _SigtermGuard() as guard:
+        # Same parent as `out`, so the final rename is atomic (same file system).
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            # Lets a later export tell this folder, if a kill leaves it, from a live one.
+            (tmp / OWNER).write_text(json.dumps({
+                "tool": OWNER_TOOL, "pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+            write_onnx(task, tmp / MODEL, shape, opset)
+            meta = build_metadata(task, checkpoint, ckpt, shape)
+            meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples, tolerance, seed)
+            if include_checkpoint:
+                shutil.copyfile(ckpt, tmp / CHECKPOINT_COPY)
+            meta["predictor"] = write_predictor(tmp, meta["input"]["reader"])
+            meta = _jsonable(meta)
+            (tmp / CARD).write_text(model_card(meta))
+            # Seconds before the rename: unmarked, the folder is kept by age until then.
+            (tmp / OWNER).unlink()
+            seal(meta, tmp)
+            # Last: a folder without metadata.json is never mistaken for a bundle.
+            (tmp / METADATA).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+            load_bundle(tmp)  # the bundle as a reader sees it: schema, digest, every file
+            # mkdtemp makes the folder private (0700); a bundle is meant to be copied and shared.
+            umask = os.umask(0)
+            os.umask(umask)
+            for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+                folder.chmod(0o777 & ~umask)
+            with guard.deferred(published=out):
+                _publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
@@ -651,14 +1013,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from err
+    except ExportInterrupted as err:
+        if err.published is None:
+            print(f"error: export interrupted by SIGTERM; its unfinished folder was removed and "
+                  f"'{args.out}' was not written", file=sys.stderr)
+        else:
+            print(f"error: export interrupted by SIGTERM after it finished: '{err.published}' "
+                  "is a complete, verified bundle", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from err
     meta = json.loads((path / METADATA).read_text())
     parity = meta["parity"]
     print(f"bundle: {path}")
     print(f"parity: max |P_onnx - P_torch| = {parity['max_abs_diff']:.3g} on {parity['samples']} "
           f"seeded inputs (tolerance {parity['tolerance']:g})")
     print("files:")
-    for name in [*meta["files"], METADATA]:
-        print(f"  {name:<14} {(path / name).stat().st_size / 1024:10.1f} KiB")
+    sizes: dict[str, int] = {}
+    for name in [*meta["files"], METADATA]:  # predictor/... summed into one line
+        top = name.split("/")[0] + ("/" if "/" in name else "")
+        sizes[top] = sizes.get(top, 0) + (path / name).stat().st_size
+    for name, size in sizes.items():
+        print(f"  {name:<16} {size / 1024:10.1f} KiB")
+    print(f"run it without torch: pip install -r {path / REQUIREMENTS}; "
+          f"python {path / LAUNCHER} INPUT... --out OUT")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 Imports only numpy, PIL, onnxruntime and, for their domains, pydicom or rasterio. The inputs
 are read and preprocessed by the same functions the training pipeline evaluates with.
+:data:`READERS` declares, per reader kind, the project modules and packages this needs: export
+copies those modules into each bundle (``predictor/``) and writes its ``requirements.txt``, so
+``python BUNDLE/predict.py`` runs the same code without a project checkout.
+Every output file is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import argparse
 import csv
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +34,60 @@ from core.preprocess import (
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {
-    "image": IMAGE_EXTENSIONS,
-    "dicom": (".dcm", ".dicom", ".ima", ""),
-    "geotiff_patch": (".tif", ".tiff"),
-    "geotiff_scene": (".tif", ".tiff"),
+
+@dataclass(frozen=True)
+class ReaderSupport:
+    """What the torch-free predictor needs for one reader kind (the ``reader`` of a contract)."""
+
+    extensions: tuple[str, ...]
+    """Input file extensions searched in folders (``""``: files without one)."""
+    modules: tuple[str, ...] = ()
+    """Project modules this module imports lazily for the reader; their own imports of
+    project modules are followed when a bundle's predictor is assembled."""
+    packages: tuple[str, ...] = ()
+    """Distributions needed beyond :data:`BASE_PACKAGES`; version floors come from the
+    project's declared requirements."""
+
+
+# Always needed: this module and its module-level imports, and these distributions.
+PREDICTOR_MODULES = ("core.predict_bundle",)
+BASE_PACKAGES = ("onnxruntime", "numpy", "pillow")
+_DICOM_DECODERS = ("python-gdcm", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+READERS: dict[str, ReaderSupport] = {
+    "image": ReaderSupport(IMAGE_EXTENSIONS),
+    "dicom": ReaderSupport((".dcm", ".dicom", ".ima", ""), ("domains.medical.dicom",),
+                           ("pydicom", *_DICOM_DECODERS)),
+    "geotiff_patch": ReaderSupport((".tif", ".tiff"), ("domains.agriculture.bands",), ("rasterio",)),
+    "geotiff_scene": ReaderSupport((".tif", ".tiff"),
+                                   ("domains.agriculture.bands", "domains.agriculture.scene"),
+                                   ("rasterio",)),
 }
+EXTENSIONS = {kind: support.extensions for kind, support in READERS.items()}
+
+
+def reader_support(reader: str) -> ReaderSupport:
+    """The :class:`ReaderSupport` of a bundle's reader kind, or a clear error."""
+    if reader not in READERS:
+        raise DataError(f"bundle input reader '{reader}' is not supported by this version "
+                        f"(it knows {', '.join(READERS)}); upgrade convnext-domains")
+    return READERS[reader]
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary name beside ``path``, then rename it to ``path``.
+
+    A crash or kill never leaves a truncated ``path``; the temporary file keeps the suffix, so
+    writers that pick a format from it (PIL) still do.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _band_spec(contract: dict[str, Any]):
@@ -128,18 +182,21 @@ def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | No
                 score = float(p[decision["positive_index"]].sum())
                 row.update(score=score, threshold=float(cut), decision="positive" if score >= cut else "negative")
             rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out / "predictions.csv", out / "predictions.json"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path.write_text(json.dumps({
+    report = json.dumps({
         "bundle": str(bundle.path), "task": meta["task"], "class_names": names,
         "threshold": float(cut) if (decision or multilabel) else None,
         "threshold_source": "command line" if threshold is not None else "bundle metadata",
         "predictions": rows,
-    }, indent=2))
+    }, indent=2)
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    csv_path = write_atomic(out / "predictions.csv", write_csv)
+    json_path = write_atomic(out / "predictions.json", lambda path: path.write_text(report))
     return {"csv": csv_path, "json": json_path}
 
 
@@ -153,9 +210,8 @@ def segment_images(bundle: Bundle, files: list[Path], out: Path, batch_size: int
     for chunk in _batches(files, batch_size):
         batch, _ = input_batch(chunk, contract)
         for f, p in zip(chunk, bundle.probabilities(batch), strict=True):
-            path = out / f"{f.stem}_mask.png"
-            Image.fromarray(p.argmax(axis=0).astype(np.uint8)).save(path)
-            written[str(f)] = path
+            mask = Image.fromarray(p.argmax(axis=0).astype(np.uint8))
+            written[str(f)] = write_atomic(out / f"{f.stem}_mask.png", mask.save)
     return written
 
 
@@ -193,7 +249,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     """Verify the bundle, read the inputs its way, and write the predictions under ``out``."""
     bundle = load_bundle(bundle_dir)
     reader, out = bundle.meta["input"]["reader"], Path(out)
-    files = expand_inputs(inputs, EXTENSIONS.get(reader, IMAGE_EXTENSIONS))
+    files = expand_inputs(inputs, reader_support(reader).extensions)
     if reader == "geotiff_scene":
         return {"scenes": [segment_scene(bundle, f, out, batch_size, write_probabilities) for f in files]}
     if bundle.meta["task"] == "segmentation":
@@ -201,11 +257,16 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     return classify(bundle, files, out, threshold, batch_size)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, bundle: str | Path | None = None) -> None:
+    """``convnext-domains predict --bundle DIR ...``, or a bundle's own ``predict.py`` when
+    ``bundle`` is given (its folder; no ``--bundle`` option then)."""
     parser = argparse.ArgumentParser(
-        prog="convnext-domains predict --bundle",
+        prog="convnext-domains predict --bundle" if bundle is None else "python predict.py",
         description="Run an exported bundle with ONNX Runtime (no torch needed).")
-    parser.add_argument("--bundle", required=True, help="bundle directory from convnext-domains export")
+    if bundle is None:
+        parser.add_argument("--bundle", required=True, help="bundle directory from convnext-domains export")
+    else:
+        parser.set_defaults(bundle=str(bundle))
     parser.add_argument("inputs", nargs="+", help="image/DICOM/GeoTIFF files or folders")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=None,

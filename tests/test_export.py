@@ -2,15 +2,22 @@
 
 Three runs are trained once per module through the real CLI (manufacturing folder classifier,
 agriculture scene segmentation with UPerNet, DICOM classifier) and exported once; the tests
-check the bundle contents against the checkpoints, ONNX Runtime against Lightning, and the
-failure modes: existing folders, interrupted exports, parity failures and tampering.
+check the bundle contents against the checkpoints, ONNX Runtime against Lightning, the failure
+modes (existing folders, interrupted and killed exports, parity failures, tampering) and that
+each bundle predicts on its own in a fresh venv without torch or this checkout.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +49,11 @@ class Trained:
     ckpt: Path
     model: Any
     datamodule: Any
+    inputs: list[Path]
+    """Files or folders to predict on with the bundle."""
 
 
-def _train(tmp: Path, config: str, data_args: list[str]) -> Trained:
+def _train(tmp: Path, config: str, data_args: list[str], inputs: list[Path]) -> Trained:
     args = [
         "--config", str(ROOT / "configs" / config),
         *TINY_ARGS,
@@ -58,7 +67,8 @@ def _train(tmp: Path, config: str, data_args: list[str]) -> Trained:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     # As `make demo` does: test in the same run, so metrics.json lands next to checkpoints/.
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best")
-    return Trained(Path(cli.trainer.checkpoint_callback.best_model_path), cli.model, cli.datamodule)
+    return Trained(Path(cli.trainer.checkpoint_callback.best_model_path), cli.model, cli.datamodule,
+                   inputs)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +80,15 @@ def trained(tmp_path_factory) -> dict[str, Trained]:
     study = make_ct_study(tmp / "study", n_patients=8, per_patient=2)
     return {
         "manufacturing": _train(tmp / "m", "manufacturing/folder.yaml",
-                                [f"--data.init_args.root={defects}"]),
+                                [f"--data.init_args.root={defects}"], [defects]),
         "agriculture": _train(tmp / "a", "agriculture/segmentation.yaml", [
             f"--data.init_args.image={scene['scene']}", f"--data.init_args.labels={scene['labels']}",
             "--data.init_args.tile_size=32", "--data.init_args.block_size=32",
-            "--data.init_args.samples_per_epoch=8", "--model.init_args.decoder_channels=16"]),
+            "--data.init_args.samples_per_epoch=8", "--model.init_args.decoder_channels=16"],
+            [scene["scene"]]),
         "medical": _train(tmp / "d", "medical/classification.yaml", [
             f"--data.init_args.manifest={study['labels']}", "--data.init_args.val_fraction=0.25",
-            "--data.init_args.test_fraction=0.25"]),
+            "--data.init_args.test_fraction=0.25"], [study["slices"]]),
     }
 
 
@@ -103,10 +114,24 @@ EXPECTED = {
 }
 
 
+BASE = {"onnxruntime", "numpy", "pillow"}
+PREDICTOR_PACKAGES = {
+    "manufacturing": BASE,
+    "agriculture": BASE | {"rasterio"},
+    "medical": BASE | {"pydicom", "python-gdcm", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"},
+}
+PREDICTOR_DOMAIN_MODULES = {
+    "manufacturing": set(),  # an image bundle carries no domain code and needs no extra
+    "agriculture": {"domains.agriculture", "domains.agriculture.bands", "domains.agriculture.scene"},
+    "medical": {"domains.medical", "domains.medical.dicom"},
+}
+
+
 @pytest.mark.parametrize("name", DOMAINS)
 def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
     path, ckpt = bundles[name], _ckpt(trained[name].ckpt)
-    assert {"model.onnx", "metadata.json", "README.md"} == {p.name for p in path.iterdir()}
+    assert {"model.onnx", "metadata.json", "README.md", "predict.py", "requirements.txt",
+            "predictor"} == {p.name for p in path.iterdir()}
     meta = load_bundle(path).meta  # verifies the schema version, the digest and every sha256
     kind, reader, classes, shape = EXPECTED[name]
     assert meta["schema_version"] == SCHEMA_VERSION
@@ -126,9 +151,24 @@ def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
     assert meta["backbone"]["pretrained"] == "none"
     assert meta["backbone"]["depths"] == TINY["depths"] and meta["backbone"]["dims"] == TINY["dims"]
     assert meta["parity"]["max_abs_diff"] < 1e-4 and meta["parity"]["samples"] == 4
-    assert set(meta["files"]) == {"model.onnx", "README.md"}
+    # The predictor's files are sealed like the model, one per module the metadata lists.
+    predictor = {n for n in meta["files"] if n.startswith("predictor/")}
+    assert set(meta["files"]) == {"model.onnx", "README.md", "predict.py", "requirements.txt", *predictor}
+    modules = {n.removeprefix("predictor/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+               for n in predictor}
+    assert modules == set(meta["predictor"]["modules"])
+    domain_modules = {m for m in modules if m.startswith("domains.")}
+    assert PREDICTOR_DOMAIN_MODULES[name] <= domain_modules
+    assert all(m.startswith(f"domains.{name}") for m in domain_modules)  # no other domain's code
+    assert {"core.predict_bundle", "core.preprocess", "core.bundle", "core.errors"} <= modules
+    lines = (path / "requirements.txt").read_text().splitlines()
+    assert [r for r in lines if r and not r.startswith("#")] == meta["predictor"]["requirements"]
+    assert {r.split(">=")[0] for r in meta["predictor"]["requirements"]} == PREDICTOR_PACKAGES[name]
+    assert all(">=" in r for r in meta["predictor"]["requirements"])  # every package has a floor
+    assert not any(p.name.startswith(".") for p in path.rglob("*"))  # no owner file, no caches
     card = (path / "README.md").read_text()
     assert "convnext-domains predict --bundle DIR" in card and classes[0] in card
+    assert "pip install -r DIR/requirements.txt" in card and "python DIR/predict.py" in card
     if kind == "segmentation":
         assert meta["decision"] is None
     else:
@@ -137,7 +177,7 @@ def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
         assert decision["positive_index"] == [1] and decision["positive_classes"] == [classes[1]]
         assert f"{decision['threshold']:.4g}" in card and "--threshold T" in card
     if name == "medical":
-        assert "Not a medical device" in card and "pydicom" in card
+        assert "Not a medical device" in card and "pydicom>=" in card
         assert meta["decision"]["metric_names"]["recall"] == "op_sensitivity"
 
 
@@ -321,3 +361,246 @@ def test_cli_main(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         export.main(["--ckpt", ckpt, "--out", out])
     assert info.value.code == 1 and "already exists" in capsys.readouterr().err
+
+
+# ---- killed exports -----------------------------------------------------------------------
+def _partial(parent: Path, name: str, owner: dict | None = None, files: tuple[str, ...] = ("model.onnx",),
+             age_hours: float = 0.0) -> Path:
+    """A temporary export folder as an export killed at some point would leave it."""
+    folder = parent / name
+    folder.mkdir()
+    for file in files:
+        (folder / file).write_bytes(b"\0" * 1000)
+    if owner is not None:
+        (folder / export.OWNER).write_text(json.dumps({"tool": export.OWNER_TOOL, **owner}))
+    when = time.time() - age_hours * 3600
+    for p in [*folder.iterdir(), folder]:
+        os.utime(p, (when, when))
+    return folder
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_next_export_removes_only_abandoned_partials(trained, tmp_path):
+    host, old = socket.gethostname(), export.STALE_AFTER_S / 3600 + 1
+    killed = _partial(tmp_path, ".bundle.partial-killed01", {"pid": _dead_pid(), "host": host})
+    legacy = _partial(tmp_path, ".other.partial-legacy01", None, ("model.onnx", "README.md"), old)
+    keep = [
+        # A concurrent export (this very process is alive), and one on another machine.
+        _partial(tmp_path, ".bundle.partial-running1", {"pid": os.getpid(), "host": host}),
+        _partial(tmp_path, ".bundle.partial-remote01", {"pid": _dead_pid(), "host": f"not-{host}"}),
+        # Old, but holding a file no export writes: not provably ours.
+        _partial(tmp_path, ".bundle.partial-foreign1", None, ("notes.txt",), old),
+        # Ours by name and content, but recent: maybe an older version exporting right now.
+        _partial(tmp_path, ".bundle.partial-recent01", None, ("model.onnx",), 1.0),
+    ]
+    export.export_bundle(trained["manufacturing"].ckpt, tmp_path / "bundle")
+    assert not killed.exists() and not legacy.exists()
+    assert all(folder.is_dir() for folder in keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bundle", *(f.name for f in keep)])
+
+
+def test_stale_partial_cleanup_names_what_it_removed(tmp_path, caplog):
+    folder = _partial(tmp_path, ".b.partial-abc_123", {"pid": _dead_pid(), "host": socket.gethostname()})
+    # Not our naming scheme: never touched, whatever it holds.
+    other = _partial(tmp_path, "b.partial-abc", {"pid": _dead_pid(), "host": socket.gethostname()})
+    with caplog.at_level("WARNING", logger="core.export"):
+        assert export.clean_stale_partials(tmp_path) == [folder]
+    assert other.is_dir()
+    assert str(folder) in caplog.text and "no longer running" in caplog.text
+
+
+def _sigterm_during(monkeypatch, function: str) -> None:
+    """Send this process SIGTERM from inside ``export.<function>`` (a deterministic 'kill')."""
+    real = getattr(export, function)
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(export, function, signalled)
+
+
+@pytest.fixture
+def sigterm_sentinel():
+    """Without the export's own handler, SIGTERM raises this instead of killing pytest."""
+
+    class Unhandled(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Unhandled("SIGTERM reached the previous handler")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield handler, Unhandled
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("function", ["write_onnx", "write_predictor"])
+def test_sigterm_removes_the_partial_folder(function, trained, tmp_path, monkeypatch, sigterm_sentinel):
+    handler, _ = sigterm_sentinel
+    _sigterm_during(monkeypatch, function)
+    with pytest.raises(export.ExportInterrupted) as info:
+        export.export_bundle(trained["manufacturing"].ckpt, tmp_path / "bundle")
+    assert info.value.published is None
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back
+
+
+def test_sigterm_cli_message_and_exit_code(trained, tmp_path, monkeypatch, capsys, sigterm_sentinel):
+    _sigterm_during(monkeypatch, "write_onnx")
+    out = tmp_path / "bundle"
+    with pytest.raises(SystemExit) as info:
+        export.main(["--ckpt", str(trained["manufacturing"].ckpt), "--out", str(out)])
+    assert info.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.startswith("error: export interrupted by SIGTERM") and str(out) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_the_final_rename_waits_for_it(trained, tmp_path, monkeypatch, sigterm_sentinel):
+    ckpt, out = trained["manufacturing"].ckpt, tmp_path / "bundle"
+    export.export_bundle(ckpt, out)
+    _sigterm_during(monkeypatch, "_publish")  # arrives while the finished bundle is moved in
+    with pytest.raises(export.ExportInterrupted) as info:
+        export.export_bundle(ckpt, out, include_checkpoint=True, overwrite=True)
+    assert info.value.published == out
+    assert "model.ckpt" in load_bundle(out).meta["files"]  # the new bundle, complete
+    assert _leftovers(tmp_path) == []
+
+
+# ---- the bundle on its own ----------------------------------------------------------------
+def test_every_lazy_import_of_the_predictor_is_declared():
+    """A project module imported inside a function is not followed automatically: it must be
+    in some reader's READERS[...].modules, or a bundle would lack it (found only at predict)."""
+    import ast
+
+    from core.predict_bundle import READERS
+
+    carried = set().union(*(export.predictor_modules(kind) for kind in READERS))
+    for module in carried:
+        source = export._module_source(module)
+        lazy = export._imports(module, ast.parse(source.read_text()), module_level=False)
+        assert lazy <= carried, f"{module} imports {lazy - carried} lazily; declare it in READERS"
+    assert export.predictor_modules("image") == [
+        "core", "core.bundle", "core.errors", "core.predict_bundle", "core.preprocess"]
+
+
+def test_unknown_reader_kind_is_a_clear_error():
+    with pytest.raises(DataError, match="reader 'hyperspectral' is not supported.*image"):
+        export.predictor_modules("hyperspectral")
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without anything pointing into this checkout or its venv."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not Path(p).resolve().is_relative_to(ROOT))
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def _run(args: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_clean_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory) -> Path:
+    """A plain venv outside the checkout, made once per session: no system site-packages, so
+    no torch, and no convnext-domains. Returns its bin folder."""
+    root = tmp_path_factory.mktemp("fresh")
+    started = time.perf_counter()
+    _run([sys.executable, "-m", "venv", root / "venv"], cwd=root)
+    bin_dir = root / "venv" / ("Scripts" if os.name == "nt" else "bin")
+    probe = _run([bin_dir / "python", "-c", "import importlib.util as u; print([m for m in "
+                  "('torch', 'lightning', 'core', 'domains', 'onnxruntime') if u.find_spec(m)])"], cwd=root)
+    assert probe.stdout.strip() == "[]"
+    print(f"fresh venv created in {time.perf_counter() - started:.1f} s")
+    return bin_dir
+
+
+def _handed_over(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle folder alone, copied where a receiving team would put it."""
+    copy = Path(shutil.copytree(bundle, tmp_path / "received" / bundle.name))
+    assert not copy.resolve().is_relative_to(ROOT)
+    return copy
+
+
+def _prediction_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_bundle_predicts_alone_in_a_fresh_venv(name, trained, bundles, fresh_venv, tmp_path):
+    from core.entry import main as convnext_domains
+
+    bundle = _handed_over(bundles[name], tmp_path)
+    started = time.perf_counter()
+    _run([fresh_venv / "pip", "install", "-q", "-r", bundle / "requirements.txt"], cwd=tmp_path)
+    print(f"pip install -r requirements.txt ({name}): {time.perf_counter() - started:.1f} s")
+    _run([fresh_venv / "python", bundle / "predict.py", *trained[name].inputs, "--out", tmp_path / "alone"],
+         cwd=tmp_path)
+    assert not list(bundle.rglob("__pycache__"))  # the sealed folder stays as it was
+    # The same bundle through the project's own command.
+    convnext_domains(["predict", "--bundle", str(bundles[name]), *map(str, trained[name].inputs),
+                      "--out", str(tmp_path / "project")])
+    if name == "agriculture":
+        import rasterio
+
+        stem = Path(trained[name].inputs[0]).stem
+        with rasterio.open(tmp_path / "alone" / f"{stem}_classes.tif") as a, \
+                rasterio.open(tmp_path / "project" / f"{stem}_classes.tif") as b:
+            assert (a.crs, a.transform) == (b.crs, b.transform)
+            np.testing.assert_array_equal(a.read(), b.read())
+    else:
+        alone = _prediction_rows(tmp_path / "alone" / "predictions.csv")
+        project = _prediction_rows(tmp_path / "project" / "predictions.csv")
+        assert len(alone) == len(project) > 0
+        for a, b in zip(alone, project, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                if key.startswith("prob_") or key == "score":
+                    assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6)
+                else:
+                    assert a[key] == b[key]
+
+
+def test_tampered_predictor_is_refused_by_both_commands(bundles, fresh_venv, tmp_path):
+    from core.entry import main as convnext_domains
+
+    bundle = _handed_over(bundles["manufacturing"], tmp_path)
+    _run([fresh_venv / "pip", "install", "-q", "-r", bundle / "requirements.txt"], cwd=tmp_path)
+    with (bundle / "predictor" / "core" / "preprocess.py").open("a") as f:
+        f.write("\nIMAGE_EXTENSIONS = ()\n")
+    alone = subprocess.run([str(fresh_venv / "python"), str(bundle / "predict.py"), str(tmp_path),
+                            "--out", str(tmp_path / "o")], cwd=tmp_path, env=_clean_env(),
+                           capture_output=True, text=True)
+    assert alone.returncode == 2
+    assert "preprocess.py does not match the sha256" in alone.stderr
+    with pytest.raises(SystemExit):
+        convnext_domains(["predict", "--bundle", str(bundle), str(tmp_path), "--out", str(tmp_path / "p")])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("reader", ["image", "dicom", "geotiff_patch", "geotiff_scene"])
+def test_predictor_imports_with_only_its_requirements(reader, fresh_venv, tmp_path):
+    """Every module a bundle of this reader carries imports in the fresh venv after
+    pip install -r requirements.txt (readers without a trained bundle in this file included)."""
+    from core.predict_bundle import READERS
+
+    meta = export.write_predictor(tmp_path, reader)
+    assert meta["requirements"][:3] == [r for r in meta["requirements"] if r.split(">=")[0] in BASE]
+    assert {r.split(">=")[0] for r in meta["requirements"]} == BASE | set(READERS[reader].packages)
+    _run([fresh_venv / "pip", "install", "-q", "-r", tmp_path / "requirements.txt"], cwd=tmp_path)
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+            "[importlib.import_module(m) for m in sys.argv[2:]]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'timm')))")
+    probe = _run([fresh_venv / "python", "-c", code, tmp_path / "predictor", *meta["modules"]], cwd=tmp_path)
+    assert probe.stdout.strip() == "[]"
