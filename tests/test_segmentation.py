@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbone import ConvNeXtBackbone
+from core.ema import ParameterEMA
 from core.heads import FPNHead, UPerHead, build_head
 from core.losses import masked_cross_entropy, soft_dice_loss
 from core.segmentation import SegmentationTask
@@ -194,8 +195,9 @@ class CountingDataModule(LightningDataModule):
 
 def test_balanced_class_weights_come_from_the_datamodule_pixel_counts(tmp_path):
     task = SegmentationTask(**SMALL, in_chans=1, num_classes=2, class_weights="balanced")
-    assert task.class_weight is None
-    trainer(tmp_path, max_steps=1).fit(task, datamodule=CountingDataModule([900, 100]))
+    # Final shape from construction (EMA copies the model before setup fills it in).
+    assert task.class_weight.tolist() == [1.0, 1.0]
+    trainer(tmp_path, max_steps=1, callbacks=[ParameterEMA(decay=0.9)]).fit(task, datamodule=CountingDataModule([900, 100]))
     # inverse frequency: total / (K * count)
     assert task.class_weight.tolist() == pytest.approx([1000 / 1800, 1000 / 200])
     assert "class_weight" not in task.state_dict()
