@@ -21,6 +21,7 @@ from core.preprocess import (  # noqa: F401  (re-exported for domains)
     Channels,
     detect_channels,
     expand_inputs,
+    is_hidden,
     read_image_file,
     scale_to_unit,
 )
@@ -148,12 +149,6 @@ def matches_patterns(relative: Path, patterns: Sequence[str], jpeg_stems: Collec
     return False
 
 
-def _hidden(relative: Path) -> bool:
-    # Dot files and folders (.DS_Store, ._img.png AppleDouble forks, .ipynb_checkpoints/) and
-    # the __MACOSX folder of zip archives are never samples.
-    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
-
-
 def scan_class_folders(
     root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, exclude: Sequence[str] = ()
 ) -> tuple[list[Path], list[str], list[str]]:
@@ -171,7 +166,7 @@ def scan_class_folders(
     excluded: list[Path] = []
     classes = []
     for d in sorted(root.iterdir()):
-        if not d.is_dir() or _hidden(d.relative_to(root)):
+        if not d.is_dir() or is_hidden(d.relative_to(root)):
             continue
         if matches_patterns(d.relative_to(root) / "x", exclude):  # the folder itself is a mask folder
             excluded.append(d.relative_to(root))
@@ -190,7 +185,7 @@ def scan_class_folders(
                 jpeg_stems.setdefault(p.parent, set()).add(p.stem.lower())
         for p in candidates:
             relative = p.relative_to(root)
-            if _hidden(relative) or p.suffix.lower() not in extensions:
+            if is_hidden(relative) or p.suffix.lower() not in extensions:
                 ignored.append(relative)
             elif matches_patterns(relative, exclude, jpeg_stems.get(p.parent, ())):
                 excluded.append(relative)

@@ -20,13 +20,23 @@ Channels = Literal["gray", "rgb"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def is_hidden(relative: Path) -> bool:
+    """Whether a path below a searched folder is hidden: never a sample or an input.
+
+    Dot files and folders (.DS_Store, ._x.png macOS AppleDouble forks, .ipynb_checkpoints/) and
+    zip archives' __MACOSX/ (".DS_Store" even has the empty suffix of DICOM files without one).
+    """
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
 def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[Path]:
-    """Files, and the matching files inside folders, in a stable order."""
+    """Files, and the matching files inside folders (hidden ones left out), in a stable order."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions)
+            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in extensions
+                            and not is_hidden(q.relative_to(p)))
         elif p.is_file():
             files.append(p)
         else:

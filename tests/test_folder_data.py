@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.data import DataError
 from core.predict_bundle import read_input
-from core.preprocess import image_to_array, read_image_file
+from core.preprocess import expand_inputs, image_to_array, read_image_file
 from domains.manufacturing import DefectClassificationTask, DefectFolderDataModule
 
 from .conftest import REALDATA, TINY, make_defect_folders, write_defect_image
@@ -179,6 +179,18 @@ def test_stray_files_are_ignored(tmp_path):
     assert sorted(Path(p).name for p in dm.source.paths) == sorted(
         [f"good_{i:03d}.png" for i in range(6)] + [f"scratch_{i:03d}.png" for i in range(6)])
     assert dm.skipped == []
+
+
+def test_predict_folders_leave_hidden_files_out(tmp_path):
+    new = make_defect_folders(tmp_path / "new", per_class=2, classes=("x",))
+    (new / "x" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # no suffix, like many DICOMs
+    (new / "x" / "._x_000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (new / "__MACOSX").mkdir()
+    (new / "__MACOSX" / "x_001.png").write_bytes(b"\x00\x05\x16\x07")
+    assert [p.name for p in expand_inputs([new], (".png", ""))] == ["x_000.png", "x_001.png"]
+    dm = DefectFolderDataModule(root=str(make_defect_folders(tmp_path / "d", per_class=6)), image_size=32,
+                                predict_paths=[str(new)])
+    assert len(next(iter(dm.predict_dataloader()))["id"]) == 2
 
 
 def test_images_far_below_image_size_are_warned_by_name(tmp_path, caplog):
