@@ -355,3 +355,25 @@ def test_single_class_mask_is_a_clear_error_and_binary_masks_work(tmp_path, demo
     dm = dm_for(demo["scene"], binary, class_values=[0, 255])
     counts = dm.source.class_pixels.sum(axis=0)
     assert counts.tolist() == [int((demo["codes"] != 2).sum()), int((demo["codes"] == 2).sum())]
+
+
+def test_patches_far_from_training_statistics_or_with_other_bands(tmp_path, demo, caplog):
+    from domains.agriculture import GeoTiffFolderDataModule
+
+    dm = GeoTiffFolderDataModule(root=str(demo["patches"]), image_size=16, batch_size=2,
+                                 val_fraction=0.34, test_fraction=0.0)
+    contract = {**contract_of(dm), "reader": "geotiff_patch"}
+    with rasterio.open(next(Path(demo["patches"]).rglob("*.tif"))) as ds:
+        patch = ds.read()
+    sr = write_tif(tmp_path / "sr.tif", (patch / 10000.0).astype(np.float32),
+                   descriptions=["blue", "green", "red", "nir"])
+    with caplog.at_level(logging.WARNING):
+        dm.predict_source([sr]).read_image(0)  # Lightning predict path
+    assert "sr.tif" in caplog.text and "far outside the training statistics" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_input(sr, contract)  # bundle path
+    assert "sr.tif" in caplog.text and "far outside the training statistics" in caplog.text
+    three = write_tif(tmp_path / "three.tif", patch[:3], descriptions=["blue", "green", "red"])
+    with pytest.raises(DataError, match=r"three.tif' has 3 band\(s\).*training patches have blue, green, red, nir"):
+        dm.predict_source([three])

@@ -312,7 +312,7 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
 
     def predict_source(self, paths: list[Path]) -> PatchFolderSource:
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,
-                                 like=self.source.stack)
+                                 like=self.source.stack, reference=(self.mean, self.std))
 
     def preprocessing(self) -> dict[str, Any]:
         return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_patch"}

@@ -10,7 +10,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from core.data import SampleSource
+from core.preprocess import normalize
 from domains.agriculture.bands import BandSpec, check_same_bands
+from domains.agriculture.drift import InputDrift
 from domains.agriculture.raster import LabelRaster, RasterStack
 
 
@@ -83,11 +85,14 @@ class PatchFolderSource(SampleSource):
     """Small GeoTIFF patches with a class each (EuroSAT layout); every patch is read whole.
 
     Every patch must have the bands of the first one (or of ``like``, the training source's
-    stack, when predicting); another band layout is an error naming the file.
+    stack, when predicting); another band layout is an error naming the file. With
+    ``reference`` (training mean and std, when predicting) a patch far outside the training
+    statistics is logged as a warning.
     """
 
     def __init__(self, paths: Sequence[Path], labels: np.ndarray, spec: BandSpec,
-                 like: RasterStack | None = None) -> None:
+                 like: RasterStack | None = None,
+                 reference: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.ids = list(self.paths)
         self.labels = np.asarray(labels)
@@ -97,13 +102,19 @@ class PatchFolderSource(SampleSource):
         self.like = like if like is not None else self.stack
         check_same_bands(self.stack, self.like.names, self.like.file_band_count, self.paths[0],
                          self._trained_on)
+        self.reference = reference
 
     def read_image(self, index: int) -> np.ndarray:
         stack = self.spec.open(self.paths[index])
         try:
             check_same_bands(stack, self.like.names, self.like.file_band_count, self.paths[index],
                              self._trained_on)
-            return self.spec.read(stack, Window(0, 0, stack.width, stack.height))[0]
+            image, valid = self.spec.read(stack, Window(0, 0, stack.width, stack.height))
+            if self.reference is not None:
+                drift = InputDrift(self.spec.channel_names(stack))
+                drift.add(normalize(image, *self.reference).transpose(2, 0, 1), valid)
+                drift.report(self.paths[index])
+            return image
         finally:
             stack.close()
 
