@@ -135,14 +135,14 @@ def majority_channels(infos: Sequence[ImageInfo]) -> Channels:
 
 def describe_images(infos: Sequence[ImageInfo], channels: Channels,
                     image_size: int | Sequence[int]) -> dict[str, int]:
-    """Log one line summarising channel conversions and warn about far-too-small images.
+    """Warn in one line what channel conversions were made, and about far-too-small images.
 
     Returns:
         Conversion note -> number of images it applies to (empty when all are used as stored).
     """
     notes = Counter(n for i in infos if (n := conversion_note(i.mode, channels, i.transparency)))
-    if notes:
-        log.info("converted to channels: %s: %s", channels,
+    if notes:  # a warning: the CLI shows warnings only, and the user's pixels were changed
+        log.warning("converted to channels: %s: %s", channels,
                  "; ".join(f"{count} image(s) {note}" for note, count in sorted(notes.items())))
     h, w = image_hw(image_size)
     min_h, min_w = max(1, round(h * SMALL_IMAGE_SHARE)), max(1, round(w * SMALL_IMAGE_SHARE))
