@@ -377,3 +377,18 @@ def test_patches_far_from_training_statistics_or_with_other_bands(tmp_path, demo
     three = write_tif(tmp_path / "three.tif", patch[:3], descriptions=["blue", "green", "red"])
     with pytest.raises(DataError, match=r"three.tif' has 3 band\(s\).*training patches have blue, green, red, nir"):
         dm.predict_source([three])
+
+
+def test_rgba_orthomosaic_alpha_marks_valid_pixels_and_is_not_a_channel(tmp_path, demo, caplog):
+    rgb = (demo["image"][[2, 1, 0]] / 10000 * 255).clip(0, 255).astype(np.uint8)
+    alpha = np.full((1, 70, 100), 255, dtype=np.uint8)
+    alpha[0, :, :10] = 0  # transparent strip, as drone mosaics have around the flight
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=100, height=70, count=4, dtype="uint8",
+                       crs=CRS, transform=TRANSFORM, photometric="RGB", alpha="YES") as dst:
+        dst.write(np.concatenate([rgb, alpha]))
+    with caplog.at_level(logging.INFO, logger="domains.agriculture"):
+        dm = dm_for(path, demo["labels"])
+        image, valid = dm.source.stack.read(Window(0, 0, 32, 32))
+    assert dm.source.stack.names == ["B1", "B2", "B3"] and "alpha band" in caplog.text
+    assert not valid[:, :10].any() and valid[:, 10:].all() and np.isnan(image[:, :, :10]).all()

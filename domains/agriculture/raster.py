@@ -157,11 +157,12 @@ class RasterStack:
                 available += [Band(path, i, n) for i, n in zip(indices, names, strict=True)]
                 nodatas[path] = ds.nodata
                 for i in indices:
-                    flags = ds.mask_flag_enums[i - 1]
-                    # The dataset mask is worth reading unless every pixel is valid, or it is
-                    # only the file's nodata and the user overrides that value.
-                    masks[(path, i)] = MaskFlags.all_valid not in flags and not (
-                        nodata is not None and MaskFlags.nodata in flags)
+                    # Read the dataset mask only for an alpha band or an internal mask: a mask
+                    # that is just the nodata value is cheaper to compare (see read), and the
+                    # `nodata` option replaces the file's value.
+                    # (No flags at all means a per-band mask band.)
+                    flags = set(ds.mask_flag_enums[i - 1])
+                    masks[(path, i)] = not flags or not flags <= {MaskFlags.all_valid, MaskFlags.nodata}
         self.file_band_count = len(available)
         if band_names is not None:
             if len(band_names) != len(available):
