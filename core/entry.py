@@ -2,17 +2,51 @@
 
 ``export`` and ``predict --bundle`` have their own parsers; ``predict --bundle`` must run where
 torch is not installed, so this module imports nothing from the training stack. Everything
-else (fit, validate, test, predict with a config) goes to the LightningCLI.
+else (fit, validate, test, predict with a config) goes to the LightningCLI. Errors in the
+user's data, weights or settings end as one ``error:`` line; ``--verbose`` (or
+``CONVNEXT_DOMAINS_VERBOSE=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
+VERBOSE_FLAGS = ("--verbose", "-v")
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+USAGE = """\
+usage: convnext-domains COMMAND [options]
+
+Fine-tune and run ConvNeXt models on medical, agricultural and manufacturing images.
+
+training and evaluation (LightningCLI; `convnext-domains COMMAND --help` lists every option):
+  fit        --config CONFIG.yaml [--ckpt_path last.ckpt to resume]   train
+  validate   --config CONFIG.yaml --ckpt_path CKPT                    metrics on the validation split
+  test       --config CONFIG.yaml --ckpt_path CKPT                    metrics and report on the test split
+  predict    --config CONFIG.yaml --ckpt_path CKPT                    predictions with the training stack
+
+bundles (a trained model another team runs without our training code):
+  export --ckpt CKPT --out DIR                 checkpoint -> ONNX bundle (`export --help`)
+  predict --bundle DIR INPUT... --out OUT      run a bundle, no torch needed (`predict --bundle X --help`)
+
+options for every command:
+  --verbose, -v   show the full traceback of an error instead of one `error:` line
+  -h, --help      this overview (or a command's own options after the command)
+"""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or settings, not a bug: printed as one line."""
+    from core.errors import DataError
+
+    errors: list[type[BaseException]] = [DataError, FloatingPointError]
+    if "core.weights" in sys.modules:  # imported by the training stack only
+        errors.append(sys.modules["core.weights"].PretrainedWeightsError)
+    return tuple(errors)
+
+
+def _dispatch(args: list[str], from_argv: bool) -> None:
     if args[:1] == ["export"]:
         from core.export import main as export_main
 
@@ -24,7 +58,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         from core.cli import run_cli
 
-        run_cli(None if argv is None else args)
+        if from_argv:  # LightningCLI reads sys.argv itself (its usage line shows the program)
+            sys.argv[1:] = args
+        run_cli(None if from_argv else args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in VERBOSE_FLAGS for a in raw) or os.environ.get(
+        "CONVNEXT_DOMAINS_VERBOSE", "").strip().lower() in {"1", "true", "yes"}
+    args = [a for a in raw if a not in VERBOSE_FLAGS]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if args else 2)
+    try:
+        _dispatch(args, from_argv=argv is None)
+    except _user_errors() as err:
+        if verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        print("(run again with --verbose for the full traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

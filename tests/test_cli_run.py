@@ -94,3 +94,44 @@ def test_resume_continues_in_the_same_run_folder_with_its_best_score(tmp_path, m
     best_after = float(resumed.trainer.checkpoint_callback.best_model_score)
     assert best_after == pytest.approx(max(float(r["val/auroc"]) for r in rows))
     assert best_after >= best_before
+
+
+def _run(args, cwd):
+    return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_data_errors_print_one_error_line_and_verbose_shows_the_traceback(tmp_path):
+    args = ["fit", "--config", str(CONFIG), f"--data.init_args.root={tmp_path / 'missing'}"]
+    result = _run(args, tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "missing") in errors[0]
+    verbose = _run([*args, "--verbose"], tmp_path)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_errors_during_a_run_are_one_line_too(tmp_path):
+    # A DataError raised inside Trainer.predict (not at instantiation): no Lightning traceback.
+    root = make_defect_folders(tmp_path / "defects", per_class=6)
+    fit = _run(["fit", "--config", str(CONFIG), *TINY_ARGS, f"--data.init_args.root={root}",
+                "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+                "--trainer.max_epochs=1", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    result = _run(["predict", "--config", str(CONFIG), *TINY_ARGS, f"--data.init_args.root={root}",
+                   "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+                   f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--ckpt_path={ckpt}",
+                   f"--data.init_args.predict_paths=[{tmp_path / 'nothing_here'}]"], tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "nothing_here" in next(ln for ln in result.stderr.splitlines() if ln.startswith("error:"))
+
+
+def test_top_level_help_lists_every_command(tmp_path):
+    result = _run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "export", "predict --bundle", "--verbose"):
+        assert command in result.stdout
+    fit_help = _run(["fit", "--help"], tmp_path)
+    assert fit_help.returncode == 0 and "--ckpt_path" in fit_help.stdout
