@@ -287,6 +287,7 @@ def test_cli_fit_then_predict_scene_from_checkpoint(tmp_path, monkeypatch):
     stats = torch.load(ckpt, map_location="cpu", weights_only=False)["preprocessing"]
     assert stats["channel_names"] == ["blue", "green", "red", "nir", "NDVI", "NDWI"]
     assert len(stats["mean"]) == 6 and stats["tile_size"] == 32
+    assert stats["band_roles"]["red"] == "red" and stats["band_roles"]["nir"] == "nir"  # roles used
     monkeypatch.setattr(SceneSegmentationDataModule, "compute_stats",
                         lambda self: pytest.fail("statistics recomputed instead of restored"))
     pred = run_cli(["predict", *base, f"--ckpt_path={ckpt}", f"--data.init_args.predict_image={data['scene']}"])
