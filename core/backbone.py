@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
@@ -83,22 +82,16 @@ class ConvNeXtBackbone(nn.Module):
 
     @staticmethod
     def _create(name: str, pretrained: bool | str, kwargs: dict, rgb_index) -> nn.Module:
-        if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true"):
-            if weights.hub_is_offline():
-                raise weights.PretrainedWeightsError(weights.hub_offline_message(name))
-            try:
-                return timm.create_model(name, pretrained=True, **kwargs)
-            except Exception as err:  # network or shape errors surface from deep inside the hub client
-                raise weights.PretrainedWeightsError(
-                    f"{weights.hub_offline_message(name)} (timm said: {err})"
-                ) from err
+        spec = weights.parse_pretrained(pretrained)
         model = timm.create_model(name, pretrained=False, **kwargs)
-        if isinstance(pretrained, str | Path) and str(pretrained).lower() not in {"", "false"}:
+        if spec.used:
             from timm.models.convnext import checkpoint_filter_fn
 
-            skipped = weights.load_local_weights(model, pretrained, checkpoint_filter_fn, rgb_index)
+            path = spec.path if spec.source == "file" else weights.hub_weights_file(name)
+            skipped = weights.load_local_weights(model, path, checkpoint_filter_fn, rgb_index)
             log.info("loaded pretrained weights from %s (classifier not loaded: %s)",
-                     pretrained, skipped["head"] or "none")
+                     path if spec.source == "file" else f"the hub cache ({path.name})",
+                     skipped["head"] or "none")
         return model
 
     @property

@@ -60,6 +60,7 @@ from core.bundle import (
 )
 from core.errors import DataError
 from core.predict_bundle import BASE_PACKAGES, PREDICTOR_MODULES, reader_support
+from core.weights import parse_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +332,10 @@ def backbone_info(task: nn.Module, pretrained: bool | str | None) -> dict[str, A
     """
     h = task.hparams
     timm_model = task.backbone.model
-    if pretrained in (False, None, "", "false", "False"):
+    source = parse_pretrained(pretrained).source
+    if source == "none":
         origin, licence = "none", "no pretrained weights (trained from scratch)"
-    elif pretrained is True or str(pretrained).lower() == "true":
+    elif source == "hub":
         origin = "timm hub"
         try:
             import timm.models
@@ -677,13 +679,26 @@ def _imports(name: str, tree: ast.Module, module_level: bool) -> set[str]:
     return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES and _module_source(m) is not None}
 
 
+def reader_packages(reader: str) -> tuple[str, ...]:
+    """The domain packages a reader kind's declared modules live in (none for plain images)."""
+    return tuple(sorted({m.rpartition(".")[0] for m in reader_support(reader).modules}))
+
+
+def _carried(module: str, packages: tuple[str, ...]) -> bool:
+    """Whether a lazily imported ``module`` belongs in the bundle: core, or the reader's domain."""
+    return any(module == p or module.startswith(f"{p}.") for p in ("core", *packages))
+
+
 def predictor_modules(reader: str) -> list[str]:
     """Every project module the torch-free predictor of a ``reader`` bundle can import.
 
     Starts from :data:`core.predict_bundle.PREDICTOR_MODULES` and the reader's declared
-    modules, then follows module-level imports of project modules and adds the packages
-    (``__init__``) above each, so the list follows the code instead of being kept by hand.
+    modules, adds the packages (``__init__``) above each and follows their imports of project
+    modules: all module-level ones, and those inside functions when they stay in core or in the
+    reader's own domain package (so a DICOM bundle carries no agriculture code). The list
+    follows the code instead of being kept by hand.
     """
+    packages = reader_packages(reader)
     todo = [*PREDICTOR_MODULES, *reader_support(reader).modules]
     seen: set[str] = set()
     while todo:
@@ -696,8 +711,10 @@ def predictor_modules(reader: str) -> list[str]:
                             "be found; reinstall convnext-domains with that domain's files")
         seen.add(name)
         parts = name.split(".")
+        tree = ast.parse(source.read_text(), str(source))
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += sorted(_imports(name, ast.parse(source.read_text(), str(source)), module_level=True))
+        todo += sorted(_imports(name, tree, module_level=True))
+        todo += sorted(m for m in _imports(name, tree, module_level=False) if _carried(m, packages))
     return sorted(seen)
 
 

@@ -16,7 +16,7 @@ from core.backbone import ConvNeXtBackbone
 from core.checkpointing import default_checkpoints
 from core.ema import ParameterEMA
 from core.recipe import recipe_param_groups, warmup_cosine
-from core.weights import rgb_index_from_names
+from core.weights import parse_pretrained, rgb_index_from_names
 
 STAGES = ("train", "val", "test")
 
@@ -191,7 +191,7 @@ class ConvNeXtTask(LightningModule):
     def effective_layer_decay(self) -> float:
         if self.hparams.layer_decay is not None:
             return float(self.hparams.layer_decay)
-        return 0.8 if self.hparams.pretrained not in (False, None, "", "false") else 1.0
+        return 0.8 if parse_pretrained(self.hparams.pretrained).used else 1.0
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams

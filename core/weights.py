@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-HUB_HOST = "huggingface.co"
 # Prefixes that wrappers (DDP, Lightning tasks, other repos) put in front of timm's keys.
 _KNOWN_PREFIXES = ("module.", "model.", "net.", "backbone.", "encoder.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module")
@@ -22,42 +22,98 @@ class PretrainedWeightsError(RuntimeError):
     """Pretrained weights were asked for but cannot be loaded; the message says how to fix it."""
 
 
-def hub_reachable(host: str = HUB_HOST, port: int = 443, timeout: float = 3.0) -> bool:
-    """Return whether a TCP connection to the weights hub opens within ``timeout`` seconds.
+# How long a hub download may try before we give up with the local-file advice. The hub client
+# retries with backoff for ~25 s on a machine without DNS; a user waits at most this long.
+HUB_TIMEOUT_S = float(os.environ.get("CONVNEXT_DOMAINS_HUB_TIMEOUT", "20"))
+_FALSE_WORDS = {"", "false", "no", "none", "null", "off", "0"}
+_TRUE_WORDS = {"true", "yes", "on", "1", "hub"}
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
-    DNS lookups ignore socket timeouts, so the probe runs in a daemon thread that is
-    abandoned when it takes too long: offline machines must fail in seconds, not minutes.
-    """
-    result: list[bool] = []
 
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
+@dataclass(frozen=True)
+class Pretrained:
+    """Where pretrained weights come from: nowhere, the timm hub, or a local file."""
 
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    source: Literal["none", "hub", "file"]
+    path: Path | None = None
+
+    @property
+    def used(self) -> bool:
+        return self.source != "none"
+
+
+def parse_pretrained(value: bool | str | os.PathLike | None) -> Pretrained:
+    """The one reading of the ``pretrained`` option (YAML and CLI give bools or strings)."""
+    if value is None or value is False:
+        return Pretrained("none")
+    if value is True:
+        return Pretrained("hub")
+    text = str(value).strip()
+    if text.lower() in _FALSE_WORDS:
+        return Pretrained("none")
+    if text.lower() in _TRUE_WORDS:
+        return Pretrained("hub")
+    return Pretrained("file", Path(text).expanduser())
 
 
 def hub_offline_message(model_name: str) -> str:
     return (
-        f"pretrained=true asks timm to download '{model_name}' weights from the Hugging Face hub, "
-        "but the hub cannot be reached from this machine. Pass a local weights file instead, "
-        "e.g. in YAML `model.init_args.pretrained: /path/to/convnext_weights.safetensors` or on the "
-        "command line `--model.init_args.pretrained /path/to/weights.pth` (.safetensors, .pth, .pt "
-        "and .bin are accepted), or use pretrained: false to train from scratch."
+        f"pretrained=true asks for timm's '{model_name}' weights from the Hugging Face hub, "
+        "but they are not in the local hub cache and cannot be downloaded. Pass a local weights "
+        "file instead, e.g. in YAML `model.init_args.pretrained: /path/to/convnext_weights.safetensors` "
+        "or on the command line `--model.init_args.pretrained /path/to/weights.pth` (.safetensors, "
+        ".pth, .pt and .bin are accepted), or use pretrained: false to train from scratch."
     )
 
 
-def hub_is_offline(reachable: Callable[[], bool] = hub_reachable) -> bool:
-    """True when the user forced offline mode or the hub cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    return not reachable()
+def _hub_offline() -> bool:
+    """The user's offline switch, as huggingface_hub reads it (at import) or as set since."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_weights_file(model_name: str, timeout: float | None = None) -> Path:
+    """A local path to timm's hub weights of ``model_name``: the hub cache, else a download.
+
+    huggingface_hub does the work, so ``HF_HUB_CACHE``/``HF_HOME``, ``HF_ENDPOINT`` (mirrors),
+    ``HTTPS_PROXY`` and ``HF_HUB_OFFLINE`` behave as users of the hub expect. The download runs
+    in a daemon thread abandoned after ``timeout`` seconds: offline machines fail in seconds,
+    with advice, instead of waiting for the client's retries.
+    """
+    import timm
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise PretrainedWeightsError(f"timm knows no hub weights for '{model_name}'. "
+                                     + hub_offline_message(model_name))
+    for filename in _HUB_FILES:
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    if _hub_offline():
+        raise PretrainedWeightsError(f"HF_HUB_OFFLINE is set. {hub_offline_message(model_name)}")
+    result: list[Path | BaseException] = []
+
+    def download() -> None:
+        try:
+            result.append(Path(hf_hub_download(repo, _HUB_FILES[0])))
+        except BaseException as err:  # noqa: BLE001 - reported to the caller below
+            result.append(err)
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT_S if timeout is None else timeout)
+    if not result:
+        reason = f"no answer from the hub within {HUB_TIMEOUT_S if timeout is None else timeout:g} s"
+    elif isinstance(result[0], BaseException):
+        reason = f"{type(result[0]).__name__}: {result[0]}"
+    else:
+        return result[0]
+    raise PretrainedWeightsError(f"{hub_offline_message(model_name)} ({reason})")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

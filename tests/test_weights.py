@@ -1,6 +1,7 @@
 import time
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
@@ -73,28 +74,147 @@ def test_missing_or_garbage_file_is_a_clear_error(tmp_path):
         ConvNeXtBackbone(**TINY, pretrained=str(junk))
 
 
-def test_hub_weights_offline_fail_fast_with_local_file_hint(monkeypatch):
-    monkeypatch.setattr(weights, "hub_reachable", lambda *a, **k: False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(weights.PretrainedWeightsError, match="Pass a local weights file") as info:
-        ConvNeXtBackbone("convnext_atto", pretrained=True)
-    assert "pretrained: /path/to" in str(info.value)
-    # Also with the user's explicit offline switch, without probing the network at all.
+HUB_REPO = "timm/convnext_atto.d2_in1k"  # timm's default hub weights of convnext_atto
+
+
+def _no_download(*args, **kwargs):
+    pytest.fail("tried to download from the hub")
+
+
+def _fake_hub_cache(root, state):
+    """A hub cache laid out as huggingface_hub writes it: refs/main -> snapshots/<commit>/file."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + HUB_REPO.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize("value", [False, None, "", "false", "False", "no", "null"])
+def test_pretrained_off_in_every_spelling(value):
+    from core.classification import ClassificationTask
+
+    assert weights.parse_pretrained(value).source == "none"
+    # "False" from a CLI string used to count as pretrained (layer decay 0.8).
+    assert ClassificationTask(**TINY, num_classes=2, pretrained=value).effective_layer_decay == 1.0
+
+
+def test_pretrained_on_and_file_spellings(tmp_path):
+    assert weights.parse_pretrained(True).source == "hub"
+    assert weights.parse_pretrained("True").source == "hub"
+    spec = weights.parse_pretrained(str(tmp_path / "w.safetensors"))
+    assert (spec.source, spec.path) == ("file", tmp_path / "w.safetensors")
+
+
+def test_hub_offline_uses_weights_already_in_the_local_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    source = timm.create_model("convnext_atto")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE",
+                        str(_fake_hub_cache(tmp_path / "hub", source.state_dict())))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(weights, "hub_reachable", lambda *a, **k: pytest.fail("probed the hub"))
-    with pytest.raises(weights.PretrainedWeightsError, match="local weights file"):
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
+    backbone = ConvNeXtBackbone("convnext_atto", pretrained=True, num_classes=5)
+    got = backbone.model.state_dict()
+    assert torch.equal(got["stem.0.weight"], source.state_dict()["stem.0.weight"])
+    assert torch.equal(got["stages.3.blocks.1.mlp.fc2.weight"],
+                       source.state_dict()["stages.3.blocks.1.mlp.fc2.weight"])
+
+
+def test_hub_weights_offline_fail_fast_with_local_file_hint(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
+    with pytest.raises(weights.PretrainedWeightsError, match="HF_HUB_OFFLINE is set.*Pass a local") as info:
         ConvNeXtBackbone("convnext_atto", pretrained="true")
+    assert "pretrained: /path/to" in str(info.value)
 
 
-def test_hub_probe_gives_up_on_its_timeout(monkeypatch):
-    # A DNS lookup that hangs must not hang the caller: the probe thread is abandoned.
+def test_hub_download_gives_up_on_its_timeout(tmp_path, monkeypatch):
+    import huggingface_hub
+
     def hang(*args, **kwargs):
         time.sleep(30)
 
-    monkeypatch.setattr(weights.socket, "create_connection", hang)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hang)
     start = time.perf_counter()
-    assert weights.hub_reachable(timeout=0.2) is False
+    with pytest.raises(weights.PretrainedWeightsError, match="no answer from the hub within 0.2 s"):
+        weights.hub_weights_file("convnext_atto", timeout=0.2)
     assert time.perf_counter() - start < 20  # returned long before the 30 s hang ended
+
+
+HUB_SCRIPT = """
+import sys, torch
+from core.backbone import ConvNeXtBackbone
+model = ConvNeXtBackbone("convnext_atto", pretrained=True).model
+ref = torch.load(sys.argv[1], weights_only=True)
+print("equal" if all(torch.equal(model.state_dict()[k], v) for k, v in ref.items()
+                     if not k.startswith("head.fc")) else "different")
+"""
+
+
+def test_hub_download_goes_through_hf_endpoint(tmp_path):
+    # A mirror (HF_ENDPOINT) or proxy is honoured because huggingface_hub does the request; the old
+    # raw socket to huggingface.co called such a machine offline.
+    import http.server
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    source = timm.create_model("convnext_atto")
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    served = tmp_path / "model.safetensors"
+    save_file(state, str(served))
+    torch.save(state, tmp_path / "ref.pt")
+    body = served.read_bytes()
+    requests = []
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def _answer(self, send_body):
+            requests.append(self.path)
+            if self.path != f"/{HUB_REPO}/resolve/main/model.safetensors":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", '"fake-etag-1"')
+            self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}",
+                   HF_HUB_CACHE=str(tmp_path / "cache"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1",
+                   HF_HUB_DISABLE_XET="1")
+        result = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(tmp_path / "ref.pt")],
+                                cwd=Path(__file__).resolve().parents[1], env=env,
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert result.stdout.strip() == "equal", result.stderr[-3000:]
+    assert any(p.endswith("model.safetensors") for p in requests)
 
 
 def test_rgb_index_from_band_names():
