@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import logging
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,15 @@ def apply_transform(transform, sample: dict[str, Any]) -> dict[str, Any]:
     if "label" in sample:
         sample["label"] = torch.as_tensor(sample["label"])
     return sample
+
+
+def collate_samples(samples: list[dict[str, Any]], ragged_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """``default_collate``, except that ``ragged_keys`` (arrays whose size differs between
+    samples, e.g. masks at each image's own size) become lists of tensors."""
+    from torch.utils.data import default_collate
+
+    ragged = {k: [torch.as_tensor(s.pop(k)) for s in samples] for k in ragged_keys if k in samples[0]}
+    return {**default_collate(samples), **ragged}
 
 
 # ---- folder and manifest scanning ----------------------------------------------------------
@@ -307,6 +317,8 @@ class ConvNeXtDataModule(LightningDataModule):
 
     # File endings that count as samples when a folder is given to predict on.
     file_extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    # Sample keys batched as lists (sizes differ between samples); see collate_samples.
+    ragged_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -453,7 +465,8 @@ class ConvNeXtDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         h = self.hparams
         return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, drop_last=False,
-                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+                          num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+                          collate_fn=partial(collate_samples, ragged_keys=self.ragged_keys))
 
     def dataset(self, split: str) -> TransformedDataset:
         self.setup()

@@ -16,7 +16,13 @@ from domains.medical import DicomDataModule, DicomSegmentationDataModule
 from domains.medical.masks import read_mask
 
 from .conftest import TINY, TINY_ARGS
-from .dicom_helpers import make_ct_study, patient_identity, write_dicom
+from .dicom_helpers import (
+    make_ct_study,
+    patient_identity,
+    write_dicom,
+    write_seg_vendor,
+    write_series,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,43 +161,24 @@ def test_privacy_no_identifier_in_any_written_file(study, tmp_path, monkeypatch)
 def test_masks_png_npy_and_dicom_seg(tmp_path):
     from PIL import Image
 
+    from domains.medical.masks import source_image
+
     raw = np.zeros((6, 5), np.uint8)
     raw[1:3, 1:4] = 255
     Image.fromarray(raw).save(tmp_path / "m.png")
     np.save(tmp_path / "m.npy", (raw > 0).astype(np.int16) * 7)
     assert read_mask(tmp_path / "m.png").tolist() == (raw > 0).astype(int).tolist()
     assert read_mask(tmp_path / "m.npy", mask_values=[7]).sum() == 6
-    seg = write_seg(tmp_path / "seg.dcm", [(raw > 0), np.eye(6, 5, dtype=bool)])
-    labels = read_mask(seg, mask_values=[1, 2])
-    assert labels[1, 2] == 1 and labels[0, 0] == 2 and labels[5, 0] == 0
+    image = write_series(tmp_path / "ct", [np.zeros((6, 5), np.uint16)])[0]
+    seg = write_seg_vendor(tmp_path / "seg.dcm", image, [(1, None, raw > 0), (2, None, np.eye(6, 5, dtype=bool))], 2)
+    with pytest.raises(DataError, match="overlap"):  # the diagonal crosses segment 1 at (1,1), (2,2)
+        read_mask(seg, mask_values=[1, 2], source=source_image(image))
+    labels = read_mask(seg, mask_values=[1, 2], source=source_image(image), segment_overlap="first_listed")
+    assert labels[1, 2] == 1 and labels[1, 1] == 1 and labels[0, 0] == 2 and labels[5, 0] == 0
+    assert read_mask(seg, source=source_image(image)).max() == 1  # default: one foreground class
     (tmp_path / "bad.png").write_bytes(b"nope")
     with pytest.raises(DataError, match="bad.png"):
         read_mask(tmp_path / "bad.png")
-
-
-def write_seg(path, segments):
-    """A minimal binary DICOM SEG: one frame per segment, with its segment number."""
-    from pydicom import uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
-    ds.SOPInstanceUID = uid.generate_uid()
-    ds.Modality = "SEG"
-    ds.SegmentationType = "BINARY"
-    frames = np.stack(segments).astype(np.uint8)
-    ds.set_pixel_data(frames, "MONOCHROME2", 8)
-    items = []
-    for k in range(len(segments)):
-        ident, item = Dataset(), Dataset()
-        ident.ReferencedSegmentNumber = k + 1
-        item.SegmentIdentificationSequence = [ident]
-        items.append(item)
-    ds.PerFrameFunctionalGroupsSequence = items
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_segmentation_reports_dice_iou_and_hd95(study, tmp_path):

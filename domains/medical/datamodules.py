@@ -19,8 +19,15 @@ from core.data import (
     scan_class_folders,
 )
 from core.filescan import log_skipped
-from domains.medical.dicom import count_frames, read_dicom
-from domains.medical.masks import read_mask
+from domains.medical.dicom import count_frames, dicom_meta, read_dicom
+from domains.medical.masks import (
+    SegmentOverlap,
+    SourceImage,
+    is_dicom_file,
+    read_mask,
+    source_image,
+)
+from domains.medical.prediction import PREDICT_FORMATS, PredictFormat
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +282,7 @@ class DicomDataModule(ConvNeXtDataModule):
             raise DataError("none of the predict_paths is a readable DICOM file; see the reasons above")
         frames: list[int | str] = [frame] * len(paths)
         ids = [self._sample_id(p, f) for p, f in zip(paths, frames, strict=True)]
-        return DicomSource(paths, frames, np.zeros(len(paths), dtype=np.int64), ids, self._read_args())
+        return DicomPredictSource(paths, frames, np.zeros(len(paths), dtype=np.int64), ids, self._read_args())
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
@@ -285,26 +292,64 @@ class DicomDataModule(ConvNeXtDataModule):
 
 
 class DicomMaskSource(DicomSource):
-    """DICOM images with a segmentation mask each; ``labels`` says whether it has foreground."""
+    """DICOM images with a segmentation mask each; ``labels`` says whether it has foreground.
+
+    A sample also carries what HD95 in mm needs: ``spacing`` (row, column mm of the image as
+    read, NaN when the header has none) and ``native_mask`` (the mask before any resize).
+    """
 
     def __init__(self, paths: list[Path], frames: list[int | str], masks: list[Path], ids: list[str],
-                 read_args: dict[str, Any], mask_values: list[int] | None) -> None:
-        self.masks, self.mask_values = [str(m) for m in masks], mask_values
+                 read_args: dict[str, Any], mask_values: list[int] | None,
+                 segment_overlap: SegmentOverlap = "error") -> None:
+        self.paths, self.frames = [str(p) for p in paths], frames
+        self.masks, self.mask_values, self.segment_overlap = [str(m) for m in masks], mask_values, segment_overlap
+        self._sources: dict[int, SourceImage] = {}
         foreground = np.array([int((self.read_mask(i) > 0).any()) for i in range(len(masks))])
         super().__init__(paths, frames, foreground, ids, read_args)
 
+    def source_image(self, index: int) -> SourceImage:
+        """The image (SOP Instance UID, frame) whose DICOM SEG frames sample ``index`` uses."""
+        if index not in self._sources:
+            self._sources[index] = source_image(self.paths[index], self.frames[index])
+        return self._sources[index]
+
     def read_mask(self, index: int) -> np.ndarray:
-        return read_mask(self.masks[index], self.mask_values)
+        mask = Path(self.masks[index])
+        source = self.source_image(index) if is_dicom_file(mask) else None
+        return read_mask(mask, self.mask_values, source, self.segment_overlap)
 
     def read(self, index: int) -> dict[str, Any]:
-        image = self.read_image(index)
+        dicom = read_dicom(self.paths[index], frame=self.frames[index], **self.read_args)
+        image = dicom.image
         mask = self.read_mask(index)
         if mask.shape != image.shape[:2]:
             raise DataError(f"mask '{self.masks[index]}' is {mask.shape[1]}x{mask.shape[0]} but image "
                             f"'{self.paths[index]}' is {image.shape[1]}x{image.shape[0]} after reading "
                             "(target_spacing resamples images only: give masks on the resampled grid "
                             "or leave target_spacing unset)")
-        return {"image": image, "mask": mask, "id": self.ids[index]}
+        spacing = dicom.pixel_spacing or (float("nan"), float("nan"))
+        return {"image": image, "mask": mask, "id": self.ids[index],
+                "spacing": np.asarray(spacing, dtype=np.float64), "native_mask": mask.astype(np.int16)}
+
+
+class DicomPredictSource(DicomSource):
+    """DICOM images to predict on; each sample says where its prediction belongs.
+
+    Extra sample keys: ``source_path`` (the file), ``frame`` (0-based frame of a multi-frame
+    file, -1 for a single-frame file) and ``native_size`` (the file's rows and columns).
+    """
+
+    def read(self, index: int) -> dict[str, Any]:
+        dicom = read_dicom(self.paths[index], frame=self.frames[index], **self.read_args)
+        if self.read_args.get("target_spacing") is None:
+            size = dicom.image.shape[:2]
+        else:  # resampled for the network: outputs go back onto the file's own grid
+            meta = dicom_meta(self.paths[index])
+            size = (meta["Rows"], meta["Columns"])
+        return {"image": dicom.image, "label": self.labels[index], "id": self.ids[index],
+                "source_path": self.paths[index],
+                "frame": dicom.frame if dicom.num_frames > 1 else -1,
+                "native_size": np.asarray(size, dtype=np.int64)}
 
 
 class DicomSegmentationDataModule(DicomDataModule):
@@ -316,12 +361,22 @@ class DicomSegmentationDataModule(DicomDataModule):
             0); default: any non-zero value is one foreground class. For DICOM SEG the values
             are segment numbers.
         foreground_names: names of the foreground classes (``background`` is added first).
+        segment_overlap: DICOM SEG pixels in segments of two different classes: ``error``
+            (default) or ``first_listed`` (the class listed first in ``mask_values`` wins).
+        predict_format: what ``predict`` writes per image, at the image's own size (see
+            :class:`~domains.medical.prediction.SegmentationMaskWriter`): ``png`` (class index
+            per pixel), ``dicom_seg`` (a DICOM SEG referencing the image) or ``both``.
         **kwargs: options of :class:`DicomDataModule` (``manifest``, ``path_column``,
             ``patient_column``, ``window``, ``on_bad_file`` ...).
     """
 
+    # Masks at the image's own size (for HD95 at native resolution) differ between samples.
+    ragged_keys = ("native_mask",)
+
     def __init__(self, mask_column: str = "mask", mask_values: list[int] | None = None,
-                 foreground_names: list[str] | None = None, **kwargs: Any) -> None:
+                 foreground_names: list[str] | None = None,
+                 segment_overlap: SegmentOverlap = "error", predict_format: PredictFormat = "png",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.hparams.root is not None:
             raise DataError("segmentation needs a manifest with a mask column, not class folders")
@@ -329,6 +384,9 @@ class DicomSegmentationDataModule(DicomDataModule):
         if mask_values is not None and len(foreground) != len(mask_values):
             raise DataError(f"{len(foreground)} foreground_names for {len(mask_values)} mask_values")
         self._class_names = ["background", *foreground]
+        if predict_format not in PREDICT_FORMATS:
+            raise DataError(f"predict_format '{predict_format}' is not one of {list(PREDICT_FORMATS)}")
+        self.predict_format = predict_format
 
     @property
     def class_names(self) -> list[str]:
@@ -351,7 +409,8 @@ class DicomSegmentationDataModule(DicomDataModule):
 
     def make_source(self, paths: list[Path], frames: list[int | str], targets: list[Any],
                     ids: list[str]) -> DicomMaskSource:
-        return DicomMaskSource(paths, frames, targets, ids, self._read_args(), self.hparams.mask_values)
+        return DicomMaskSource(paths, frames, targets, ids, self._read_args(), self.hparams.mask_values,
+                               self.hparams.segment_overlap)
 
     def train_class_counts(self) -> list[int]:
         counts = np.zeros(self.num_classes, dtype=np.int64)
