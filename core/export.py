@@ -718,14 +718,20 @@ def predictor_modules(reader: str) -> list[str]:
     return sorted(seen)
 
 
+def _canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# name, optional [extras], version specifier, optional "; marker" of a PEP 508 requirement
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([^;]*)")
+
+
 def _declared_requirements() -> dict[str, str]:
-    """``{normalised name: requirement}`` from the installed convnext-domains' metadata.
+    """``{canonical name: requirement}`` from the installed convnext-domains' metadata.
 
     That metadata is pyproject.toml's dependencies and extras, so the floors are declared once.
     """
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     try:
         declared = importlib.metadata.requires(DISTRIBUTION) or []
     except importlib.metadata.PackageNotFoundError as err:
@@ -733,22 +739,22 @@ def _declared_requirements() -> dict[str, str]:
                         "unknown; install it (pip install -e '.[export]') and export again") from err
     found: dict[str, str] = {}
     for text in declared:
-        req = Requirement(text)
-        found.setdefault(canonicalize_name(req.name), f"{req.name}{req.specifier}")
+        match = _REQUIREMENT.match(text)
+        if match:
+            name, specifier = match.group(1), match.group(2).replace(" ", "")
+            found.setdefault(_canonical(name), f"{name}{specifier}")
     return found
 
 
 def predictor_requirements(reader: str) -> list[str]:
     """requirements.txt lines of a ``reader`` bundle, with the project's version floors."""
-    from packaging.utils import canonicalize_name
-
     declared = _declared_requirements()
     lines = []
     for package in (*BASE_PACKAGES, *reader_support(reader).packages):
-        if canonicalize_name(package) not in declared:
+        if _canonical(package) not in declared:
             raise DataError(f"{DISTRIBUTION} declares no requirement for {package}, which the "
                             f"'{reader}' predictor needs; add it to pyproject.toml")
-        lines.append(declared[canonicalize_name(package)])
+        lines.append(declared[_canonical(package)])
     return lines
 
 

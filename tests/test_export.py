@@ -497,6 +497,16 @@ def test_predictor_carries_every_module_its_reader_imports(reader):
             & {m for m in carried if m.startswith(own)}
 
 
+def test_requirement_floors_come_from_the_declared_requirements(monkeypatch):
+    declared = ["numpy >= 9.9", "Pillow>=10", 'onnxruntime>=1.18; extra == "export"',
+                'rasterio>=1.3; extra == "agriculture"']
+    monkeypatch.setattr(export.importlib.metadata, "requires", lambda name: declared)
+    assert export.predictor_requirements("geotiff_scene") == [
+        "onnxruntime>=1.18", "numpy>=9.9", "Pillow>=10", "rasterio>=1.3"]
+    with pytest.raises(DataError, match="declares no requirement for pydicom.*pyproject.toml"):
+        export.predictor_requirements("dicom")
+
+
 def test_unknown_reader_kind_is_a_clear_error():
     with pytest.raises(DataError, match="reader 'hyperspectral' is not supported.*image"):
         export.predictor_modules("hyperspectral")
