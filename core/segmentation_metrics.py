@@ -23,8 +23,10 @@ class ForegroundDice(DiceScore):
     """torchmetrics' Dice over the foreground classes of index masks, honouring ``ignore_index``."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = None, **kwargs) -> None:
+        # Pinned: defaults changed across torchmetrics 1.7/1.8. Samplewise = the mean of per-image
+        # Dice (as radiology reports it); an image with no foreground in either mask is left out.
         super().__init__(num_classes=num_classes, include_background=False, average="macro",
-                         input_format="index", **kwargs)
+                         aggregation_level="samplewise", input_format="index", **kwargs)
         self.ignore_index = ignore_index
 
     def update(self, preds: Tensor, target: Tensor) -> None:

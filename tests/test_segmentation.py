@@ -289,3 +289,18 @@ def test_predict_step_returns_probabilities_and_ids(tmp_path):
     assert probs.device.type == "cpu"
     assert torch.allclose(probs.sum(dim=1), torch.ones(3, 32, 32), atol=1e-5)
     assert out[0]["class_names"] == ["a", "b", "c"]
+
+
+def test_foreground_dice_is_the_mean_of_per_image_dice():
+    from core.segmentation_metrics import ForegroundDice
+
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 1  # 16 pixels, predicted exactly: Dice 1
+    target[1, 0, 0:4] = 1  # 4 pixels
+    preds = target.clone()
+    preds[1, 0, 0:2] = 0
+    preds[1, 1, 0:2] = 1  # 2 of 4 hit, 2 false positives: Dice 2*2 / (4 + 4) = 0.5
+    dice = ForegroundDice(num_classes=2)
+    dice.update(preds, target)
+    # Per image then averaged: (1 + 0.5) / 2. Pooling all pixels would give 36 / 40 = 0.9.
+    assert float(dice.compute()) == pytest.approx(0.75)
