@@ -801,12 +801,15 @@ class _SigtermGuard:
         self.installed = False
         self.deferring = False
         self.pending = False
+        self.fired = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.deferring:
+        # Once raised, a repeated SIGTERM must not cut short the removal it started.
+        if self.deferring or self.fired:
             self.pending = True
-        else:
-            raise ExportInterrupted()
+            return
+        self.fired = True
+        raise ExportInterrupted()
 
     def __enter__(self) -> _SigtermGuard:
         # Handlers can only be set from the main thread; elsewhere SIGTERM keeps its meaning.
@@ -863,16 +866,14 @@ def _stale_reason(folder: Path, now: float) -> str | None:
             return None
         pid = owner.get("pid")
         if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_running(pid):
-            return f"its export (process {pid}) is no longer running"
+            return f"its process {pid} is no longer running"
     else:
         # Left by an export from before owner files: ours only if it holds bundle files alone.
         known = {MODEL, METADATA, CARD, CHECKPOINT_COPY, LAUNCHER, REQUIREMENTS, PREDICTOR}
         if any(p.name not in known for p in folder.iterdir()):
             return None
-    hours = (now - _newest_mtime(folder)) / 3600
-    if hours * 3600 > STALE_AFTER_S:
-        return f"untouched for {hours:.0f} hours"
-    return None
+    age = now - _newest_mtime(folder)
+    return f"untouched for {age / 3600:.0f} hours" if age > STALE_AFTER_S else None
 
 
 def clean_stale_partials(parent: Path) -> list[Path]:
@@ -898,7 +899,7 @@ def clean_stale_partials(parent: Path) -> list[Path]:
         except OSError as err:  # vanished meanwhile, or not ours to delete: leave it
             log.debug("kept %s: %s", folder, err)
             continue
-        log.warning("removed '%s', left by an interrupted export (%s; %.1f MB)", folder, reason,
+        log.warning("removed '%s', left by an interrupted export: %s (%.1f MB)", folder, reason,
                     size / 1e6)
         removed.append(folder)
     return removed
