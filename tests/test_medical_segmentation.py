@@ -18,7 +18,7 @@ from core.segmentation_metrics import HausdorffDistance95
 from core.transforms import eval_transform
 from domains.medical import DicomSegmentationDataModule, MedicalSegmentationTask
 from domains.medical.masks import read_mask, source_image
-from domains.medical.prediction import write_atomically
+from domains.medical.prediction import dicom_seg, write_atomically
 
 from .conftest import TINY, TINY_ARGS
 from .dicom_helpers import (
@@ -268,3 +268,11 @@ def test_outputs_are_renamed_only_when_complete(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_atomically(tmp_path / "x_mask.png", lambda tmp: tmp.write_bytes(b"ok"))
     assert [p.name for p in tmp_path.iterdir()] == ["x_mask.png"]
+
+
+def test_dicom_seg_output_of_a_multiframe_image_is_refused_clearly(tmp_path):
+    cine = write_dicom(tmp_path / "cine.dcm", np.zeros((3, 8, 10), np.uint16), modality="OT",
+                       SOPInstanceUID=pydicom.uid.generate_uid(), **patient_identity(7))
+    with pytest.raises(DataError, match="cine.dcm.*multi-frame.*predict_format: png") as info:
+        dicom_seg(cine, 1, np.zeros((8, 10), np.uint8), ["background", "a"], "1.2.3", 1, "M")
+    assert not any(ident in str(info.value) for ident in IDENTIFIERS)

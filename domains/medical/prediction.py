@@ -78,7 +78,7 @@ def write_png(path: Path, labels: np.ndarray) -> Path:
 
 def dicom_seg(source_path: str | Path, frame: int, labels: np.ndarray, class_names: Sequence[str],
               series_uid: str, instance_number: int, model_name: str) -> Any:
-    """A binary DICOM SEG (highdicom) of ``labels`` that references its source image (and frame).
+    """A binary DICOM SEG (highdicom) of ``labels`` that references its (single-frame) source image.
 
     Segment ``k`` is class ``k`` (``class_names[k]``; class 0 is background). The segmented
     property category and type are SNOMED "Tissue": the model's classes have no coded meaning
@@ -94,12 +94,13 @@ def dicom_seg(source_path: str | Path, frame: int, labels: np.ndarray, class_nam
     for keyword in _TYPE2_SOURCE_ATTRIBUTES:
         if keyword not in source:
             setattr(source, keyword, "")
-    frames = int(source.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        array = np.zeros((frames, *labels.shape), dtype=labels.dtype)
-        array[frame] = labels
-    else:
-        array = labels[None]
+    if int(source.get("NumberOfFrames", 1) or 1) > 1:
+        # highdicom maps SEG frames to a multi-frame source by plane position only; a per-frame
+        # reference that is right for every kind of multi-frame image is not built here.
+        raise DataError(f"DICOM SEG output is written for single-frame images only; "
+                        f"'{source_path}' is multi-frame (frame {frame} predicted): use "
+                        "predict_format: png")
+    array = labels[None]
     algorithm = hd.AlgorithmIdentificationSequence(
         name="convnext-domains", version=_version(), family=codes.cid7162.ArtificialIntelligence,
         parameters={"model": model_name})
