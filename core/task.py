@@ -36,7 +36,8 @@ class ConvNeXtTask(LightningModule):
         num_classes: number of outputs (linked from the datamodule by the CLI).
         class_names: output names (linked from the datamodule by the CLI).
         channel_names: input channel names, e.g. bands (linked from the datamodule); channels
-            named red/green/blue (R/G/B, B4/B3/B2) get the matching pretrained stem filters.
+            named red/green/blue (or r/g/b) get the matching pretrained stem filters, other
+            named channels the mean filter.
         pretrained: ``False``, ``True`` (timm hub, needs network) or a local weights file.
         drop_path_rate: stochastic depth.
         lr: peak learning rate of the head; earlier layers get ``lr * layer_decay**depth``.

@@ -174,20 +174,27 @@ def strip_prefixes(state_dict: dict[str, Tensor], expected: set[str]) -> dict[st
     return current
 
 
+# Role names only. Band numbers are not here: B4 is red on Sentinel-2 and Landsat 8/9 but NIR
+# on Landsat 5/7, and B1..Bn also name an undescribed file's bands by position. A datamodule
+# that knows a channel's role from evidence names the channel by it.
 RGB_ALIASES = {
-    0: {"r", "red", "b4"},  # B4/B3/B2: Sentinel-2 and Landsat 8/9 band numbers
-    1: {"g", "green", "b3"},
-    2: {"b", "blue", "b2"},
+    0: {"r", "red"},
+    1: {"g", "green"},
+    2: {"b", "blue"},
 }
 
 
 def rgb_index_from_names(names: Sequence[str] | None) -> list[int | None] | None:
-    """Per channel 0/1/2 for red/green/blue (by name), else None; None when no name matches."""
+    """Per channel 0/1/2 for channels named red/green/blue (or r/g/b), else None.
+
+    Without names, None (:func:`adapt_stem` then tiles the RGB filters channel-blind). With
+    names, channels not named by an RGB role get None, i.e. the mean filter: a named channel
+    such as B4 never gets a colour filter from its number or position.
+    """
     if not names:
         return None
-    index = [next((i for i, aliases in RGB_ALIASES.items() if n.strip().lower() in aliases), None)
-             for n in names]
-    return index if any(i is not None for i in index) else None
+    return [next((i for i, aliases in RGB_ALIASES.items() if n.strip().lower() in aliases), None)
+            for n in names]
 
 
 def adapt_stem(weight: Tensor, in_chans: int, rgb_index: list[int | None] | None = None) -> Tensor:
@@ -228,7 +235,10 @@ def load_local_weights(
         state = filter_fn(state, model)
     if STEM_KEY in state and STEM_KEY in target:
         in_chans = target[STEM_KEY].shape[1]
-        if state[STEM_KEY].shape[1] != in_chans:
+        # Also for 3 inputs whose names say they are not red, green, blue in that order (e.g.
+        # blue, green, red): the file's stem would give the blue band the red filter.
+        reorder = rgb_index is not None and rgb_index != [0, 1, 2] and any(i is not None for i in rgb_index)
+        if state[STEM_KEY].shape[1] != in_chans or reorder:
             state[STEM_KEY] = adapt_stem(state[STEM_KEY], in_chans, rgb_index)
 
     skipped_head = [

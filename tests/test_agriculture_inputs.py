@@ -18,7 +18,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
+from safetensors.torch import save_file
 
+from core.backbone import ConvNeXtBackbone
 from core.errors import DataError
 from core.predict_bundle import _band_spec, read_input, segment_scene
 from domains.agriculture import SceneSegmentationDataModule, SceneSegmentationTask
@@ -269,6 +271,81 @@ def test_described_role_names_still_work(demo):
     dm = dm_for(demo["scene"], demo["labels"], indices=["NDVI"])  # descriptions blue..nir
     assert dm.channel_names[-1] == "NDVI" and contract_of(dm)["band_roles"] == {
         "blue": "blue", "green": "green", "red": "red", "nir": "nir"}
+
+
+# ---- item 6a: pretrained RGB stem filters follow band roles, never band numbers -------------
+@pytest.fixture
+def rgb_weights(tmp_path) -> tuple[Path, torch.Tensor]:
+    """A TINY ConvNeXt saved as a local "pretrained" RGB weights file, and its stem filters."""
+    source = ConvNeXtBackbone(**TINY, in_chans=3)
+    path = tmp_path / "rgb.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    return path, source.model.state_dict()["stem.0.weight"]
+
+
+@pytest.fixture
+def landsat7(tmp_path, demo) -> Path:
+    """Landsat 7 bands 1, 2, 3, 4, 5, 7 (blue green red nir swir1 swir2) as other tools write
+    them: no descriptions, so they are named B1..B6 by position, and B4 is NIR, not red."""
+    img = demo["image"]
+    return write_tif(tmp_path / "landsat7.tif", np.concatenate([img, img[3:4] // 2, img[3:4] // 3]))
+
+
+def stem_of(dm: SceneSegmentationDataModule, weights_file: Path) -> torch.Tensor:
+    """Stem filters of a task fine-tuned from ``weights_file``, given the datamodule's channel
+    names as the CLI links them into the model."""
+    task = SceneSegmentationTask(**TINY, in_chans=dm.in_chans, num_classes=3, decoder_channels=8,
+                                 channel_names=dm.channel_names, pretrained=str(weights_file))
+    return task.backbone.model.stem[0].weight.detach()
+
+
+def expected_stem(rgb: torch.Tensor, channels: list[int | None]) -> torch.Tensor:
+    """Per channel the source's red (0), green (1) or blue (2) filter, or the mean filter
+    (None), scaled by 3 / in_chans as core.weights.adapt_stem does."""
+    filters = [rgb[:, i] if i is not None else rgb.mean(dim=1) for i in channels]
+    return torch.stack(filters, dim=1) * (3 / len(channels))
+
+
+def test_undescribed_landsat7_file_gives_b4_no_red_filter(landsat7, demo, rgb_weights):
+    path, rgb = rgb_weights
+    dm = dm_for(landsat7, demo["labels"])
+    assert dm.channel_names == ["B1", "B2", "B3", "B4", "B5", "B6"]
+    assert torch.allclose(stem_of(dm, path), expected_stem(rgb, [None] * 6))
+
+
+@pytest.mark.parametrize("evidence", [{"sensor": "landsat7"},
+                                      {"band_roles": {"red": "B3", "green": "B2", "blue": "B1"}}])
+def test_sensor_or_band_roles_give_the_rgb_bands_their_filters(landsat7, demo, rgb_weights, evidence):
+    path, rgb = rgb_weights
+    dm = dm_for(landsat7, demo["labels"], **evidence)
+    assert dm.channel_names[:4] == ["blue", "green", "red", "nir" if "sensor" in evidence else "B4"]
+    assert torch.allclose(stem_of(dm, path), expected_stem(rgb, [2, 1, 0, None, None, None]))
+    # The contract keeps the file's band names for selection; the bundle gets the same channels.
+    contract = contract_of(dm)
+    assert contract["bands"] == ["B1", "B2", "B3", "B4", "B5", "B6"]
+    assert contract["channel_names"] == dm.channel_names
+    spec = _band_spec(contract)
+    assert spec.channel_names(spec.open(str(landsat7))) == dm.channel_names
+
+
+def test_sentinel2_described_bands_keep_their_rgb_filters(tmp_path, demo, rgb_weights):
+    path, rgb = rgb_weights
+    s2 = write_tif(tmp_path / "s2.tif", demo["image"], descriptions=["B2", "B3", "B4", "B8"])
+    dm = dm_for(s2, demo["labels"], sensor="sentinel2", indices=["NDVI"])
+    assert dm.channel_names == ["blue", "green", "red", "nir", "NDVI"]
+    assert torch.allclose(stem_of(dm, path), expected_stem(rgb, [2, 1, 0, None, None]))
+    described = dm_for(demo["scene"], demo["labels"])  # descriptions blue, green, red, nir
+    assert torch.allclose(stem_of(described, path), expected_stem(rgb, [2, 1, 0, None]))
+    # Band numbers without a sensor are no evidence of a role.
+    numbers_only = dm_for(s2, demo["labels"])
+    assert numbers_only.channel_names == ["B2", "B3", "B4", "B8"]
+    assert torch.allclose(stem_of(numbers_only, path), expected_stem(rgb, [None] * 4))
+
+
+def test_a_band_named_like_another_bands_role_is_an_error(demo):
+    dm = dm_for(demo["scene"], demo["labels"], band_names=["red", "x", "y", "z"], band_roles={"red": "y"})
+    with pytest.raises(DataError, match=r"band 'y' has the red role \(from band_roles\), but band 'red'"):
+        _ = dm.channel_names
 
 
 # ---- item 6b: a bundle refuses another band count ------------------------------------------

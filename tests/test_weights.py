@@ -218,9 +218,15 @@ def test_hub_download_goes_through_hf_endpoint(tmp_path):
 
 
 def test_rgb_index_from_band_names():
-    assert weights.rgb_index_from_names(["B2", "B3", "B4", "B8"]) == [2, 1, 0, None]
+    # Band numbers say nothing by themselves (B4 is red on Sentinel-2, NIR on Landsat 7, and
+    # an undescribed file's 4th band): only role names pick RGB filters.
+    # Named channels without a role get the mean filter (None), not timm's positional tiling.
+    assert weights.rgb_index_from_names(["B2", "B3", "B4", "B8"]) == [None] * 4
+    assert weights.rgb_index_from_names(["b4", "B04", "SR_B4"]) == [None] * 3
+    assert weights.rgb_index_from_names(["blue", "green", "red", "B8"]) == [2, 1, 0, None]
     assert weights.rgb_index_from_names(["red", "Green", "BLUE"]) == [0, 1, 2]
-    assert weights.rgb_index_from_names(["SWIR1", "NDVI"]) is None
+    assert weights.rgb_index_from_names(["R", "g", "b"]) == [0, 1, 2]
+    assert weights.rgb_index_from_names(["SWIR1", "NDVI"]) == [None, None]
     assert weights.rgb_index_from_names(None) is None
 
 
@@ -232,8 +238,17 @@ def test_band_names_pick_rgb_filters_when_loading_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
     rgb = source.model.state_dict()["stem.0.weight"]
     task = ClassificationTask(**TINY, in_chans=4, num_classes=2, pretrained=str(path),
-                              channel_names=["B4", "B3", "B2", "B8"])
+                              channel_names=["red", "green", "blue", "nir"])
     stem = task.backbone.model.stem[0].weight.detach()
-    assert torch.allclose(stem[:, 0], rgb[:, 0] * 0.75)  # B4 = red
-    assert torch.allclose(stem[:, 2], rgb[:, 2] * 0.75)  # B2 = blue
+    assert torch.allclose(stem[:, 0], rgb[:, 0] * 0.75)  # red
+    assert torch.allclose(stem[:, 2], rgb[:, 2] * 0.75)  # blue
     assert torch.allclose(stem[:, 3], rgb.mean(dim=1) * 0.75)  # NIR: mean filter
+    # Band numbers alone are no evidence: every channel gets the mean filter.
+    numbered = ClassificationTask(**TINY, in_chans=4, num_classes=2, pretrained=str(path),
+                                  channel_names=["B4", "B3", "B2", "B8"])
+    stem = numbered.backbone.model.stem[0].weight.detach()
+    assert torch.allclose(stem, rgb.mean(dim=1, keepdim=True).expand(-1, 4, -1, -1) * 0.75)
+    # Three channels in another order get their own filters, not the file's stem as it is.
+    bgr = ClassificationTask(**TINY, in_chans=3, num_classes=2, pretrained=str(path),
+                             channel_names=["blue", "green", "red"])
+    assert torch.allclose(bgr.backbone.model.stem[0].weight.detach(), rgb[:, [2, 1, 0]])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from domains.agriculture.indices import Roles, check_indices, compute_indices
+from domains.agriculture.indices import Roles, check_indices, compute_indices, resolve_roles
 from domains.agriculture.raster import RasterStack
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,29 @@ class BandSpec:
         return stack
 
     def channel_names(self, stack: RasterStack) -> list[str]:
-        return [*stack.names, *[i.upper() for i in self.indices]]
+        """The network's input channel names: each band's role (blue, green, red, nir, swir1,
+        swir2) where explicit evidence gives it one (see :func:`resolve_roles`), else its band
+        name; then the indices.
+
+        The model reads these names (pretrained RGB stem filters go to channels named
+        red/green/blue), so a band is named by a role only from evidence, never from its
+        number or position. Prediction selects bands by the contract's ``bands`` (the file's
+        band names), not by these.
+        """
+        from core.errors import DataError
+
+        roles = resolve_roles(stack.names, self.band_roles, self.sensor)
+        role_at = {i: role for role, i in roles.positions.items()}
+        names = [role_at.get(i, name) for i, name in enumerate(stack.names)]
+        for i, name in enumerate(names):
+            same = [j for j, other in enumerate(names) if other.lower() == name.lower()]
+            if len(same) > 1 and i in role_at:
+                other = stack.names[next(j for j in same if j != i)]
+                raise DataError(
+                    f"band '{stack.names[i]}' has the {name} role ({roles.source}), but band '{other}' "
+                    f"is also named {name}; rename the bands with band_names or fix band_roles/sensor"
+                )
+        return [*names, *[i.upper() for i in self.indices]]
 
     def contract(self, stack: RasterStack) -> dict[str, Any]:
         """The band part of the preprocessing contract: what prediction must reproduce."""

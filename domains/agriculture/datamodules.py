@@ -78,6 +78,8 @@ class _BandsMixin:
 
     @property
     def channel_names(self) -> list[str]:
+        """Channel names for the model: band roles where evidence gives them, else band names
+        (:meth:`BandSpec.channel_names`); red/green/blue get pretrained RGB stem filters."""
         return self.spec.channel_names(self.source.stack)
 
     @property
@@ -113,6 +115,9 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
             the checkpoint's preprocessing contract.
         sensor: ``sentinel2``, ``landsat8``, ``landsat9``, ``landsat7`` or ``landsat5``: read
             band names such as B4/B04 as that sensor's band numbers to find the roles.
+            A band with a role is given to the model as a channel named by the role, so with
+            pretrained RGB weights the red/green/blue bands get the matching stem filters and
+            the others (and all bands when no role is known) the mean filter.
         nodata: nodata value overriding the files' own.
         indices: spectral indices to append as channels (NDVI, NDWI, NDMI, NDBI, NBR, SAVI).
         reproject_labels: warp a label raster on another grid onto the image grid.
