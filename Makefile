@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned by range in pyproject; pip resolves them once per venv.
 STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_DEMO := $(VENV)/.stamp-demo
+# `make test-min`: every dependency at its declared floor (tests/constraints-min.txt), except
+# torch/torchvision, which stay at the local pair; its own venv so .venv is left as it is.
+VENV_MIN := .venv-min
+STAMP_MIN := $(VENV_MIN)/.stamp-min
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-min lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +27,15 @@ $(STAMP_DEMO): pyproject.toml | $(BIN)/python
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
+$(STAMP_MIN): pyproject.toml tests/constraints-min.txt
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install --quiet --upgrade pip
+	$(VENV_MIN)/bin/pip install --quiet -c tests/constraints-min.txt -e ".[dev,export,medical,agriculture]"
+	touch $@
+
+test-min: $(STAMP_MIN)
+	$(VENV_MIN)/bin/python -m pytest -q
+
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check core domains tests benchmarks
 
@@ -30,4 +43,4 @@ demo: $(STAMP_DEMO)
 	$(BIN)/python -m domains.manufacturing.demo
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_MIN) runs

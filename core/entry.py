@@ -57,7 +57,9 @@ def _dispatch(args: list[str], from_argv: bool) -> None:
         predict_main(args[1:])
     else:
         from core.cli import run_cli
+        from core.configs import resolve_config_args
 
+        args = resolve_config_args(args)
         if from_argv:  # LightningCLI reads sys.argv itself (its usage line shows the program)
             sys.argv[1:] = args
         run_cli(None if from_argv else args)

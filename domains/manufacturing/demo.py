@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from core.cli import run_cli
+from core.configs import shipped_config
 from core.export import export_bundle
 from core.torch_free import run_without_torch
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "manufacturing" / "elpv.yaml"
+CONFIG = shipped_config("manufacturing/elpv.yaml")
 
 
 def summary_table(report: dict, elapsed_s: float) -> Table:
