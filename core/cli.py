@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -58,12 +59,25 @@ class ConvNeXtCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 
+def show_project_logs() -> None:
+    """Our INFO lines (split sizes, band roles, skipped files, resumed runs) on stderr, as
+    Lightning shows its own; nothing is configured when the application already did."""
+    for name in ("core", "domains"):
+        logger = logging.getLogger(name)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def run_cli(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """Run the LightningCLI with ``args`` (default: ``sys.argv``) and return it.
 
     With ``run=False`` the CLI only instantiates trainer, model and datamodule (no subcommand
     in ``args``), for scripts that drive several stages with one trainer.
     """
+    show_project_logs()
     return ConvNeXtCLI(
         ConvNeXtTask,
         ConvNeXtDataModule,

@@ -77,6 +77,8 @@ def test_console_script_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     epochs = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch ")]
     assert len(epochs) == 2 and "val/auroc" in epochs[-1], result.stdout[-2000:]
+    # Our own INFO lines reach the console too (nothing configured logging before).
+    assert "INFO core.data: split sizes" in result.stderr
 
 
 def test_resume_continues_in_the_same_run_folder_with_its_best_score(tmp_path, monkeypatch):
