@@ -119,7 +119,13 @@ class ConvNeXtBackbone(nn.Module):
 
     def forward_pyramid(self, x: Tensor) -> list[Tensor]:
         """Outputs of all four stages, at strides :attr:`strides` with :attr:`channels`."""
-        return self.model.forward_intermediates(x, intermediates_only=True)
+        # Not timm's forward_intermediates: older timm (1.0.12, our floor) also returns the stem.
+        x = self.model.stem(x)
+        levels = []
+        for stage in self.model.stages:
+            x = stage(x)
+            levels.append(x)
+        return levels
 
     def hidden_states(self, x: Tensor) -> BackboneOutput:
         states = self.forward_pyramid(x)

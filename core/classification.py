@@ -183,7 +183,7 @@ class ClassificationTask(ConvNeXtTask):
             positive = torch.isin(target, torch.tensor(self.positive_index, device=target.device))
             if stage == "val":
                 self._choose_threshold(scores, positive)
-            threshold = float(self.threshold) if not torch.isnan(self.threshold) else 0.5
+            threshold = self.operating_threshold()
             rates = op.rates_at_threshold(scores, positive, threshold)
             named = {self.operating_point_names[k]: v for k, v in rates.items()
                      if k in self.operating_point_names}
@@ -200,6 +200,16 @@ class ClassificationTask(ConvNeXtTask):
                 self.trainer.log_dir, values, probs, target, self.class_names,
                 multilabel=self.multilabel, **report,
             )
+
+    def operating_threshold(self) -> float:
+        """The threshold chosen on validation; 0.5, said once as a warning, when none was."""
+        if not torch.isnan(self.threshold):
+            return float(self.threshold)
+        if not getattr(self, "_default_threshold_said", False):
+            log.warning("no operating point was chosen on validation (no validation run, or no "
+                        "positive samples in it): deciding at P(positive) >= 0.5")
+            self._default_threshold_said = True
+        return 0.5
 
     def _choose_threshold(self, scores: Tensor, positive: Tensor) -> None:
         if positive.sum() == 0:
@@ -219,7 +229,7 @@ class ClassificationTask(ConvNeXtTask):
         out: dict[str, Any] = {"id": list(batch.get("id", [])), "probs": probs.cpu(),
                                "class_names": self.class_names, "multilabel": self.multilabel}
         if self.has_operating_point:
-            threshold = float(self.threshold) if not torch.isnan(self.threshold) else 0.5
+            threshold = self.operating_threshold()
             scores = self.decision_scores(probs)
             out.update(score=scores.cpu(), threshold=threshold, decision=(scores >= threshold).cpu())
         return out

@@ -166,8 +166,12 @@ def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | No
     decision = meta.get("decision") or {}
     multilabel = meta["task"] == "multilabel"
     cut = threshold if threshold is not None else decision.get("threshold")
+    source = "command line" if threshold is not None else "bundle metadata"
     if cut is None:
-        cut = 0.5
+        cut, source = 0.5, "default 0.5: the bundle stores no operating point"
+        if decision or multilabel:
+            log.warning("%s has no stored threshold: deciding at 0.5 (give --threshold to choose)",
+                        bundle.path)
     rows: list[dict[str, Any]] = []
     for chunk in _batches(files, batch_size):
         batch, ids = input_batch(chunk, contract)
@@ -185,7 +189,7 @@ def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | No
     report = json.dumps({
         "bundle": str(bundle.path), "task": meta["task"], "class_names": names,
         "threshold": float(cut) if (decision or multilabel) else None,
-        "threshold_source": "command line" if threshold is not None else "bundle metadata",
+        "threshold_source": source,
         "predictions": rows,
     }, indent=2)
 

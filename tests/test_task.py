@@ -219,3 +219,13 @@ def test_divergence_during_fit_names_the_learning_rate(tmp_path):
     with pytest.raises(FloatingPointError, match="val loss became nan .*training diverged. Lower model"):
         trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0).fit(
             task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+
+
+def test_missing_operating_point_is_said_not_silent(tmp_path, caplog):
+    task = ScoreTask(**TINY, in_chans=1, num_classes=2, class_names=["good", "defective"],
+                     target_recall=0.75)
+    test = score_data([0.95, 0.65, 0.55, 0.7, 0.2, 0.4], [1, 1, 1, 0, 0, 0])
+    with caplog.at_level("WARNING", logger="core.classification"):
+        results = trainer(tmp_path).test(task, DataLoader(test, batch_size=3))[0]
+    assert "no operating point was chosen on validation" in caplog.text
+    assert results["test/op_threshold"] == pytest.approx(0.5)
