@@ -14,14 +14,14 @@ import argparse
 import csv
 import json
 import logging
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.atomic import write_atomic
 from core.bundle import Bundle, load_bundle
 from core.errors import DataError
 from core.preprocess import (
@@ -71,23 +71,6 @@ def reader_support(reader: str) -> ReaderSupport:
         raise DataError(f"bundle input reader '{reader}' is not supported by this version "
                         f"(it knows {', '.join(READERS)}); upgrade convnext-domains")
     return READERS[reader]
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` for a temporary name beside ``path``, then rename it to ``path``.
-
-    A crash or kill never leaves a truncated ``path``; the temporary file keeps the suffix, so
-    writers that pick a format from it (PIL) still do.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _band_spec(contract: dict[str, Any]):

@@ -12,13 +12,14 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from core.atomic import write_atomic
 from core.cli import run_cli
 from core.data import DataError, TransformedDataset, collate_samples
 from core.segmentation_metrics import HausdorffDistance95
 from core.transforms import eval_transform
 from domains.medical import DicomSegmentationDataModule, MedicalSegmentationTask
 from domains.medical.masks import read_mask, source_image
-from domains.medical.prediction import dicom_seg, write_atomically
+from domains.medical.prediction import dicom_seg
 
 from .conftest import TINY, TINY_ARGS
 from .dicom_helpers import (
@@ -248,7 +249,7 @@ def test_cli_fit_keeps_best_dice_and_predict_writes_native_masks(tmp_path, monke
         assert png.shape == (40, 40) and png.dtype == np.uint8 and set(np.unique(png)) <= {0, 1}
         # The SEG references its image and holds the same classes as the PNG.
         assert np.array_equal(read_mask(out / row["dicom_seg"], None, source_image(source)), png)
-    assert not list(out.glob(".*partial"))
+    assert not list(out.glob(".*partial*"))
     # No identifier in any name, nor in any file but the SEGs (which must copy the patient module).
     for path in (tmp_path / "runs").rglob("*"):
         assert not any(ident in str(path.relative_to(tmp_path)) for ident in IDENTIFIERS)
@@ -264,9 +265,9 @@ def test_outputs_are_renamed_only_when_complete(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        write_atomically(tmp_path / "x_mask.png", fail)
+        write_atomic(tmp_path / "x_mask.png", fail)
     assert list(tmp_path.iterdir()) == []
-    write_atomically(tmp_path / "x_mask.png", lambda tmp: tmp.write_bytes(b"ok"))
+    write_atomic(tmp_path / "x_mask.png", lambda tmp: tmp.write_bytes(b"ok"))
     assert [p.name for p in tmp_path.iterdir()] == ["x_mask.png"]
 
 

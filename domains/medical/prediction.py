@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch.nn import functional as F
 
+from core.atomic import write_atomic
 from core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -35,21 +34,6 @@ PREDICT_FORMATS: tuple[str, ...] = ("png", "dicom_seg", "both")
 _TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                             "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
                             "AccessionNumber")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def output_stem(source_path: str | Path, frame: int) -> str:
@@ -73,7 +57,7 @@ def labels_at_size(probs: torch.Tensor, size: Sequence[int]) -> np.ndarray:
 def write_png(path: Path, labels: np.ndarray) -> Path:
     """A class-index PNG (8-bit, or 16-bit for more than 256 classes), written atomically."""
     image = Image.fromarray(labels, mode="L") if labels.dtype == np.uint8 else Image.fromarray(labels)
-    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def dicom_seg(source_path: str | Path, frame: int, labels: np.ndarray, class_names: Sequence[str],
@@ -193,7 +177,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
                                     "segmentation datamodule); use predict_format: png")
                 dataset = dicom_seg(source, frame, labels, names, self._series_uid,
                                     len(self.rows) + 1, type(pl_module).__name__)
-                seg = write_atomically(self.out_dir / f"{stem}_seg.dcm",
+                seg = write_atomic(self.out_dir / f"{stem}_seg.dcm",
                                        lambda tmp, d=dataset: d.save_as(tmp)).name
             self.rows.append([sample_id, str(frame) if frame >= 0 else "", png, seg])
 
@@ -207,5 +191,5 @@ class SegmentationMaskWriter(BasePredictionWriter):
                 writer.writerow(["id", "frame", "mask_png", "dicom_seg"])
                 writer.writerows(self.rows)
 
-        write_atomically(self.out_dir / "masks.csv", write)
+        write_atomic(self.out_dir / "masks.csv", write)
         log.info("wrote %d predicted mask(s) to %s", len(self.rows), self.out_dir)
