@@ -1,9 +1,11 @@
 """Packaging: declared floors are the ones `make test-min` installs; the wheel carries the configs."""
 
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Extras `make test-min` installs; demo (a data set) and medical-gpl (GPL decoder) are not.
