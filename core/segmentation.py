@@ -87,10 +87,11 @@ class SegmentationTask(ConvNeXtTask):
     def configure_models(self) -> None:
         h = self.hparams
         self.backbone = self.build_backbone(num_classes=0)
-        levels = len(self.backbone.channels)
-        # The pooled-feature norm of timm's head would sit in the optimizer (and be "trained"
-        # through the freeze schedule) without ever receiving a gradient: remove it.
-        self.backbone.model.prune_intermediate_layers(levels, prune_norm=True, prune_head=True)
+        # The decoder reads the stage outputs. timm's pooled head (and its norm) would sit in the
+        # optimizer, "trained" through the freeze schedule without a gradient: drop it outright
+        # (prune_intermediate_layers keeps head.norm in timm 1.0.12, our floor).
+        self.backbone.model.norm_pre = nn.Identity()
+        self.backbone.model.head = nn.Identity()
         self.decoder = build_head(
             h.head, self.backbone.channels, self.backbone.strides, h.num_classes,
             decoder_channels=h.decoder_channels, dropout=h.decoder_dropout,

@@ -83,7 +83,7 @@ def hub_weights_file(model_name: str, timeout: float | None = None) -> Path:
     with advice, instead of waiting for the client's retries.
     """
     import timm
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
     cfg = timm.models.get_pretrained_cfg(model_name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -91,7 +91,9 @@ def hub_weights_file(model_name: str, timeout: float | None = None) -> Path:
         raise PretrainedWeightsError(f"timm knows no hub weights for '{model_name}'. "
                                      + hub_offline_message(model_name))
     for filename in _HUB_FILES:
-        cached = try_to_load_from_cache(repo, filename)
+        # The cache folder as huggingface_hub resolved it (HF_HUB_CACHE, HF_HOME); passed on
+        # because older clients bind their default at import.
+        cached = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE)
         if isinstance(cached, str):
             return Path(cached)
     if _hub_offline():
