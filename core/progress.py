@@ -22,6 +22,15 @@ class EpochSummary(Callback):
         self._start = 0.0
         self._loss_sum = 0.0
         self._batches = 0
+        self._best: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resumed run starts from the best score its checkpoint callback restored. (That
+        # callback updates after this one in each epoch, so it is not read later.)
+        callback = trainer.checkpoint_callback
+        score = getattr(callback, "best_model_score", None)
+        if score is not None and getattr(callback, "monitor", None) == getattr(pl_module, "monitor", None):
+            self._best = float(score)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start, self._loss_sum, self._batches = time.monotonic(), 0.0, 0
@@ -44,10 +53,10 @@ class EpochSummary(Callback):
         monitor = getattr(pl_module, "monitor", None)
         value = trainer.callback_metrics.get(monitor) if monitor else None
         if value is not None:
-            parts.append(f"{monitor} {float(value):.4f}")
-            best = getattr(trainer.checkpoint_callback, "best_model_score", None)
-            if best is not None and getattr(trainer.checkpoint_callback, "monitor", None) == monitor:
-                parts.append(f"best {float(best):.4f}")
+            value = float(value)
+            better = max if getattr(pl_module, "monitor_mode", "min") == "max" else min
+            self._best = value if self._best is None else better(self._best, value)
+            parts.append(f"{monitor} {value:.4f}  best {self._best:.4f}")
         print("  ".join(parts), file=self.stream or sys.stdout, flush=True)
 
 

@@ -63,6 +63,10 @@ def test_progress_bar_can_be_disabled_and_epochs_are_summarised(tmp_path, monkey
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
     assert all("train/loss" in ln and "val/auroc" in ln for ln in lines)
+    # "best" is the best monitored value so far, this epoch included.
+    values = [float(ln.split("val/auroc ")[1].split()[0]) for ln in lines]
+    bests = [float(ln.split("best ")[1].split()[0]) for ln in lines]
+    assert bests == [max(values[: i + 1]) for i in range(len(values))]
 
 
 def test_console_script_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):
