@@ -119,6 +119,13 @@ def write_seg_highdicom(path: Path, sources: list[Path], masks: np.ndarray) -> P
     return path
 
 
+def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
+    """A coded concept item (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
 def write_seg_vendor(path: Path, source: Path, frames: list[tuple[int, int | None, np.ndarray]],
                      segments: int, spatial_locations_preserved: str | None = None) -> Path:
     """A DICOM SEG built with plain pydicom, the way other vendors write them.
@@ -200,16 +207,11 @@ def write_seg_vendor(path: Path, source: Path, frames: list[tuple[int, int | Non
             reference.ReferencedFrameNumber = source_frame
         if spatial_locations_preserved is not None:
             reference.SpatialLocationsPreserved = spatial_locations_preserved
-        purpose = Dataset()
-        purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
-        purpose.CodeMeaning = "Source image for image processing operation"
-        reference.PurposeOfReferenceCodeSequence = [purpose]
+        reference.PurposeOfReferenceCodeSequence = [
+            _code("121322", "Source image for image processing operation")]
         derivation = Dataset()
         derivation.SourceImageSequence = [reference]
-        derivation_code = Dataset()
-        derivation_code.CodeValue, derivation_code.CodingSchemeDesignator = "113076", "DCM"
-        derivation_code.CodeMeaning = "Segmentation"
-        derivation.DerivationCodeSequence = [derivation_code]
+        derivation.DerivationCodeSequence = [_code("113076", "Segmentation")]
         content = Dataset()
         content.DimensionIndexValues = [segment]
         identification = Dataset()
