@@ -166,17 +166,12 @@ def write_seg_vendor(path: Path, source: Path, frames: list[tuple[int, int | Non
     ds.NumberOfFrames = len(frames)
     ds.PixelData = pack_bits(np.stack([f[2] for f in frames]).astype(np.uint8))
 
-    def code(value: str, meaning: str) -> Dataset:
-        item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
-        return item
-
     described = []
     for k in range(1, segments + 1):
         item = Dataset()
         item.SegmentNumber, item.SegmentLabel, item.SegmentAlgorithmType = k, f"organ{k}", "MANUAL"
-        item.SegmentedPropertyCategoryCodeSequence = [code("85756007", "Tissue")]
-        item.SegmentedPropertyTypeCodeSequence = [code("85756007", "Tissue")]
+        item.SegmentedPropertyCategoryCodeSequence = [_code("85756007", "Tissue", "SCT")]
+        item.SegmentedPropertyTypeCodeSequence = [_code("85756007", "Tissue", "SCT")]
         described.append(item)
     ds.SegmentSequence = described
 
