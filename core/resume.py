@@ -88,6 +88,6 @@ def plan_resume(ckpt_path: str | Path, logger: Any) -> list[Callback]:
         log.warning("resuming from %s: it is not in a run folder of this config's logger, so "
                     "this run logs into a new version folder", ckpt_path)
         return []
-    step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step", 0))
+    step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     log.info("resuming in %s from step %d", folder, step)
     return [KeepLoggedMetrics(logged_rows(folder, step))]
