@@ -7,13 +7,12 @@ import sys
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from core.data import ConvNeXtDataModule
 from core.progress import progress_settings
 from core.resume import plan_resume
-from core.task import ConvNeXtTask
 
 
 def default_precision() -> str:
@@ -79,7 +78,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> ConvNeXtCLI:
     """
     show_project_logs()
     return ConvNeXtCLI(
-        ConvNeXtTask,
+        LightningModule,  # our tasks (ConvNeXtTask subclasses) and the FCMAE pretraining task
         ConvNeXtDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -25,6 +25,8 @@ training and evaluation (LightningCLI; `convnext-domains COMMAND --help` lists e
   validate   --config CONFIG.yaml --ckpt_path CKPT                    metrics on the validation split
   test       --config CONFIG.yaml --ckpt_path CKPT                    metrics and report on the test split
   predict    --config CONFIG.yaml --ckpt_path CKPT                    predictions with the training stack
+  pretrain   --config CONFIG.yaml   self-supervised FCMAE on the training images (a `fit` of
+             core.pretrain.FCMAETask; writes fcmae_encoder.safetensors for `pretrained: PATH`)
 
 bundles (a trained model another team runs without our training code):
   export --ckpt CKPT --out DIR                 checkpoint -> ONNX bundle (`export --help`)
@@ -59,6 +61,8 @@ def _dispatch(args: list[str], from_argv: bool) -> None:
         from core.cli import run_cli
         from core.configs import resolve_config_args
 
+        if args[:1] == ["pretrain"]:  # a fit whose model is the FCMAE task of the config
+            args = ["fit", *args[1:]]
         args = resolve_config_args(args)
         if from_argv:  # LightningCLI reads sys.argv itself (its usage line shows the program)
             sys.argv[1:] = args
