@@ -17,9 +17,10 @@ from .conftest import TINY, TINY_ARGS, cpu_trainer, make_defect_folders
 from .test_cli import ROOT, _elpv
 
 
-def _fcmae(chans, **kwargs):
+def _fcmae(chans, backbone="convnext_atto", **kwargs):
     torch.manual_seed(0)
-    return FCMAE(ConvNeXtBackbone(**TINY, in_chans=chans, num_classes=0), chans, **kwargs)
+    arch = {**TINY, "backbone": backbone}
+    return FCMAE(ConvNeXtBackbone(**arch, in_chans=chans, num_classes=0), chans, **kwargs)
 
 
 def _smooth_images(n, chans, size=64, seed=0):
@@ -36,8 +37,9 @@ def test_patchify_round_trip_and_exact_mask_ratio():
     assert mask.sum(dim=(1, 2)).tolist() == [12.0] * 5  # round(0.6 * 20) per image
 
 
-def test_encoder_never_sees_masked_pixels():
-    model = _fcmae(3).eval()
+@pytest.mark.parametrize("backbone", ["convnext_atto", "convnextv2_atto"])  # v2: GRN blocks
+def test_encoder_never_sees_masked_pixels(backbone):
+    model = _fcmae(3, backbone).eval()
     images = torch.randn(2, 3, 64, 64)
     mask = random_patch_mask(2, (2, 2), 0.5, torch.Generator().manual_seed(0))
     changed = images.clone()
