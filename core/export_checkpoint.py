@@ -1,0 +1,89 @@
+"""Export, step 1: read a convnext-domains checkpoint and rebuild its task with the trained weights.
+
+The checkpoint carries ``task_class``, ``hyper_parameters``, ``state_dict`` and the
+``preprocessing`` contract; no pretrained weights file or hub access is needed to rebuild it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import DataError
+
+
+def load_checkpoint(ckpt: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, after checking it was written by a convnext-domains task run."""
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise DataError(f"checkpoint '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise DataError(f"cannot read checkpoint '{path}': {err}") from err
+    missing = [k for k in ("task_class", "preprocessing", "state_dict", "hyper_parameters")
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise DataError(
+            f"checkpoint '{path}' was not written by a convnext-domains task run (it has no "
+            f"{', '.join(missing)}): export the checkpoint of a `convnext-domains fit` run with "
+            "this version, e.g. runs/<name>/version_N/checkpoints/best-*.ckpt"
+        )
+    return checkpoint
+
+
+def rebuild_task(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """The task of ``checkpoint`` with its trained weights, in eval mode.
+
+    ``pretrained`` is forced to ``False``: the state dict already holds every weight, and the
+    original weights file or the hub may not be reachable where the export runs.
+    """
+    module_name, _, class_name = str(checkpoint["task_class"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except ModuleNotFoundError as err:
+        # issue 10: move to the domain plug-in (the extra's name should come from the domain)
+        raise DataError(f"checkpoint '{source}' needs {checkpoint['task_class']}, which cannot be "
+                        f"imported ({err}); install the domain's extra, e.g. "
+                        "pip install 'convnext-domains[medical]' or '[agriculture]'") from err
+    except AttributeError as err:
+        raise DataError(f"checkpoint '{source}' names task class {checkpoint['task_class']}, "
+                        "which this convnext-domains does not have") from err
+    # LightningCLI adds bookkeeping entries (_class_path, _instantiator) that are no arguments.
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["pretrained"] = False
+    try:
+        task = cls(**hparams)
+        task.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise DataError(f"cannot rebuild {checkpoint['task_class']} from '{source}' ({err}); was "
+                        "it written by another convnext-domains version?") from err
+    return task.eval()
+
+
+def input_shape(preprocessing: dict[str, Any], in_chans: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one network input, from the checkpoint's preprocessing contract."""
+    channels = int(preprocessing.get("in_chans") or in_chans)
+    if channels != int(in_chans):
+        raise DataError(f"the checkpoint's preprocessing gives {channels} input channels but the "
+                        f"model was built for {in_chans}")
+    # issue 10: move to the domain plug-in (the scene reader names its input size tile_size)
+    key = "tile_size" if preprocessing.get("reader") == "geotiff_scene" else "image_size"
+    size = preprocessing.get(key)
+    if size is None:
+        raise DataError(f"the checkpoint's preprocessing has no {key}: the input size is unknown")
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return channels, int(height), int(width)
+
+
+def task_kind(task: nn.Module) -> str:
+    """``segmentation``, ``multilabel`` or ``classification``."""
+    from core.segmentation import SegmentationTask
+
+    if isinstance(task, SegmentationTask):
+        return "segmentation"
+    return "multilabel" if getattr(task, "multilabel", False) else "classification"
