@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,8 +12,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from core.data import ConvNeXtDataModule
+from core.errors import DataError
 from core.progress import progress_settings
-from core.resume import plan_resume
+from core.resume import LIGHTNING_CKPT_WORDS, plan_resume
 
 
 def default_precision() -> str:
@@ -42,8 +44,12 @@ class ConvNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if self.subcommand == "fit" and config.get("ckpt_path"):
-            self._extra_callbacks = plan_resume(config.ckpt_path, config.trainer.logger)
+        ckpt = config.get("ckpt_path") if config is not None else None
+        if ckpt and str(ckpt) not in LIGHTNING_CKPT_WORDS and not Path(ckpt).expanduser().is_file():
+            raise DataError(f"checkpoint '{ckpt}' does not exist; give the path of a .ckpt file, "
+                            "e.g. runs/<name>/version_N/checkpoints/last.ckpt")
+        if self.subcommand == "fit" and ckpt:
+            self._extra_callbacks = plan_resume(ckpt, config.trainer.logger)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})

@@ -79,12 +79,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(0 if args else 2)
     try:
         _dispatch(args, from_argv=argv is None)
-    except _user_errors() as err:
-        if verbose:
+    except Exception as err:
+        found = _find_user_error(err)
+        if found is None or verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {found}", file=sys.stderr)
         print("(run again with --verbose for the full traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _find_user_error(err: BaseException) -> BaseException | None:
+    """Our user error behind ``err``: jsonargparse wraps errors raised while it instantiates
+    the model or datamodule (e.g. missing weights) in its own ValueError."""
+    kinds, seen = _user_errors(), set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

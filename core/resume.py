@@ -17,6 +17,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 log = logging.getLogger(__name__)
 
 RESUMABLE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+# ckpt_path values Lightning resolves itself instead of a file.
+LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")
 
 
 def run_folder(ckpt_path: str | Path) -> Path | None:
@@ -80,7 +82,7 @@ class KeepLoggedMetrics(Callback):
 
 def plan_resume(ckpt_path: str | Path, logger: Any) -> list[Callback]:
     """Pin ``logger`` to the checkpoint's run folder; callbacks that keep its earlier metrics."""
-    if str(ckpt_path) in ("last", "best", "hpc", "registry"):  # Lightning's own lookups
+    if str(ckpt_path) in LIGHTNING_CKPT_WORDS:
         return []
     folder = run_folder(ckpt_path)
     loggers = logger if isinstance(logger, list) else [logger]

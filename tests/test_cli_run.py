@@ -141,3 +141,30 @@ def test_top_level_help_lists_every_command(tmp_path):
         assert command in result.stdout
     fit_help = _run(["fit", "--help"], tmp_path)
     assert fit_help.returncode == 0 and "--ckpt_path" in fit_help.stdout
+
+
+@pytest.mark.parametrize("case", ["pretrained_offline", "no_root_nor_manifest", "missing_ckpt"])
+def test_errors_wrapped_by_the_config_parser_are_one_line_too(tmp_path, case):
+    # jsonargparse wraps errors raised while it builds the model/datamodule in its own ValueError;
+    # a missing checkpoint used to surface as Lightning's FileNotFoundError traceback.
+    import os
+
+    root = make_defect_folders(tmp_path / "defects", per_class=4)
+    base = ["--config", str(CONFIG), *TINY_ARGS, "--data.init_args.image_size=32",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")}
+    args, expected = {
+        "pretrained_offline": (["fit", *base, f"--data.init_args.root={root}",
+                                "--model.init_args.backbone=convnext_atto",
+                                "--model.init_args.pretrained=true"], "Pass a local weights file"),
+        "no_root_nor_manifest": (["fit", *base, "--data.init_args.root=null"],
+                                 "data.init_args.root"),
+        "missing_ckpt": (["test", *base, f"--data.init_args.root={root}",
+                          f"--ckpt_path={tmp_path / 'nope.ckpt'}"], "nope.ckpt' does not exist"),
+    }[case]
+    result = subprocess.run([str(EXE), *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
