@@ -524,9 +524,16 @@ class ConvNeXtDataModule(LightningDataModule):
         return {s: int(len(self.splits[s])) for s in SPLITS}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "std": self.std, "image_size": self.hparams.get("image_size")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Statistics of the run being resumed or evaluated win over a fresh computation.
         if state_dict.get("mean") is not None:
             self.mean, self.std = state_dict["mean"], state_dict["std"]
+        # So does the input size the model was trained at: test/predict with the YAML's default
+        # size would silently feed the network other inputs than it learned from.
+        trained = state_dict.get("image_size")
+        if trained is not None and "image_size" in self.hparams and self.hparams.image_size != trained:
+            log.warning("image_size %s of the config differs from the checkpoint's %s: using %s, "
+                        "the size the model was trained at", self.hparams.image_size, trained, trained)
+            self.hparams.image_size = trained

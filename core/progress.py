@@ -21,7 +21,7 @@ class EpochSummary(Callback):
         self.stream = stream
         self._start = 0.0
         self._loss_sum = 0.0
-        self._batches = 0
+        self._samples = 0
         self._best: float | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -33,14 +33,17 @@ class EpochSummary(Callback):
             self._best = float(score)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start, self._loss_sum, self._batches = time.monotonic(), 0.0, 0
+        self._start, self._loss_sum, self._samples = time.monotonic(), 0.0, 0
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None:
-            self._loss_sum += float(loss)
-            self._batches += 1
+            # Weighted by batch size, as Lightning averages train/loss_epoch in metrics.csv.
+            images = batch.get("image") if isinstance(batch, dict) else None
+            size = len(images) if images is not None else 1
+            self._loss_sum += float(loss) * size
+            self._samples += size
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -48,8 +51,8 @@ class EpochSummary(Callback):
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         parts = [f"epoch {trainer.current_epoch + 1}{total}",
                  f"{time.monotonic() - self._start:.1f}s"]
-        if self._batches:
-            parts.append(f"train/loss {self._loss_sum / self._batches:.4f}")
+        if self._samples:
+            parts.append(f"train/loss {self._loss_sum / self._samples:.4f}")
         monitor = getattr(pl_module, "monitor", None)
         value = trainer.callback_metrics.get(monitor) if monitor else None
         if value is not None:

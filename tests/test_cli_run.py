@@ -67,6 +67,11 @@ def test_progress_bar_can_be_disabled_and_epochs_are_summarised(tmp_path, monkey
     values = [float(ln.split("val/auroc ")[1].split()[0]) for ln in lines]
     bests = [float(ln.split("best ")[1].split()[0]) for ln in lines]
     assert bests == [max(values[: i + 1]) for i in range(len(values))]
+    # The epoch's train/loss is the one in metrics.csv (a mean over samples, not batches).
+    logged = [float(r["train/loss_epoch"]) for r in csv.DictReader(
+        (Path(fit.trainer.log_dir) / "metrics.csv").open()) if r.get("train/loss_epoch")]
+    shown = [float(ln.split("train/loss ")[1].split()[0]) for ln in lines]
+    assert shown == pytest.approx(logged, abs=2e-4)
 
 
 def test_console_script_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):
@@ -168,3 +173,22 @@ def test_errors_wrapped_by_the_config_parser_are_one_line_too(tmp_path, case):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+
+
+def test_predict_uses_the_image_size_the_model_was_trained_at(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tiny_args(CONFIG, tmp_path, monkeypatch)  # image_size=32
+    fit = run_cli(["fit", *base, "--trainer.max_epochs=1"])
+    ckpt = Path(fit.trainer.checkpoint_callback.best_model_path)
+    paths = f"--data.init_args.predict_paths=[{tmp_path / 'defects' / 'scratch'}]"
+
+    def probs(*extra):
+        pred = run_cli(["predict", *base, *extra, f"--ckpt_path={ckpt}", paths])
+        rows = csv.DictReader((Path(pred.trainer.log_dir) / "predictions.csv").open())
+        return pred, [float(r["prob_scratch"]) for r in rows]
+
+    _, same = probs()
+    # The config's default size (224 in folder.yaml) must not silently replace the trained 32.
+    pred, other = probs("--data.init_args.image_size=224")
+    assert pred.datamodule.hparams.image_size in (32, [32, 32])
+    assert other == pytest.approx(same, abs=1e-6)

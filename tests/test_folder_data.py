@@ -290,3 +290,13 @@ def test_mixed_folder_is_converted_and_summarised_in_one_line(tmp_path, caplog):
     for split in ("train", "val", "test"):
         for sample in dm.dataset(split):
             assert sample["image"].shape == (3, 32, 32)
+
+
+def test_unknown_good_class_is_an_error_not_a_guess(tmp_path):
+    # Folders ok/ and ng/ with the default good_class 'good': the operating point used to fall
+    # back to the task default, whose positive class would have been 'ok'.
+    root = make_defect_folders(tmp_path / "d", per_class=4, classes=("ng", "ok"))
+    dm = DefectFolderDataModule(root=str(root), image_size=32)
+    with pytest.raises(DataError, match="good_class 'good' is not among the classes \\['ng', 'ok'\\]"):
+        dm.positive_classes  # noqa: B018
+    assert DefectFolderDataModule(root=str(root), good_class="ok").positive_classes == ["ng"]

@@ -146,9 +146,10 @@ class DefectFolderDataModule(ConvNeXtDataModule):
     def positive_classes(self) -> list[str] | None:
         _ = self.source
         if self.hparams.good_class not in self.class_names:
-            log.warning("good_class '%s' is not among the classes %s; the operating point uses "
-                        "the task default", self.hparams.good_class, self.class_names)
-            return None
+            # Guessing would put the operating point on the wrong class (the task's default
+            # positive is the second class name, e.g. 'ok' of ['ng', 'ok']).
+            raise DataError(f"good_class '{self.hparams.good_class}' is not among the classes "
+                            f"{self.class_names}; set data.init_args.good_class to the defect-free class")
         return [c for c in self.class_names if c != self.hparams.good_class]
 
     def predict_source(self, paths: list[Path]) -> ImageFileSource:
