@@ -198,7 +198,7 @@ class ClassificationTask(ConvNeXtTask):
         if stage == "test":
             write_classification_report(
                 self.trainer.log_dir, values, probs, target, self.class_names,
-                multilabel=self.multilabel, **report,
+                multilabel=self.multilabel, checkpoint=self.evaluated_checkpoint(), **report,
             )
 
     def operating_threshold(self) -> float:

@@ -101,15 +101,29 @@ def decision_info(task: nn.Module) -> dict[str, Any] | None:
 
 
 def run_metrics(ckpt: Path) -> dict[str, Any] | None:
-    """The run's ``metrics.json`` (``<run>/checkpoints/x.ckpt`` -> ``<run>``), or None."""
-    for folder in (ckpt.parent.parent, ckpt.parent):
-        path = folder / "metrics.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                log.warning("ignoring unreadable %s: %s", path, err)
-                return None
+    """The test report (``metrics.json``) of this checkpoint, or None.
+
+    ``convnext-domains test`` writes its report into a new version folder beside the training
+    run, recording the checkpoint it evaluated; the newest report of this checkpoint wins. A
+    report that names another checkpoint is never used; one that names none (older runs, or the
+    fit-then-test of the same run) counts when it sits in the checkpoint's own run folder.
+    """
+    ckpt = Path(ckpt).resolve()
+    run = ckpt.parent.parent
+    own = [run / "metrics.json", ckpt.parent / "metrics.json"]
+    candidates = sorted({*own, *run.parent.glob("*/metrics.json")},
+                        key=lambda p: p.stat().st_mtime if p.is_file() else 0.0, reverse=True)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            log.warning("ignoring unreadable %s: %s", path, err)
+            continue
+        recorded = report.get("checkpoint") if isinstance(report, dict) else None
+        if recorded == str(ckpt) or (recorded is None and path in own):
+            return report
     return None
 
 

@@ -34,6 +34,7 @@ def write_classification_report(
     operating_point: dict[str, Any] | None = None,
     scores: Tensor | None = None,
     positive: Tensor | None = None,
+    checkpoint: str | None = None,
 ) -> Path | None:
     """Write ``metrics.json``, ``confusion_matrix.png`` and (binary decisions) ``roc_curve.png``.
 
@@ -45,6 +46,7 @@ def write_classification_report(
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "split": "test",
+        "checkpoint": checkpoint,
         "num_samples": int(target.shape[0]),
         "class_names": class_names,
         "metrics": {k.split("/", 1)[-1]: v for k, v in metrics.items()},
@@ -98,6 +100,7 @@ def write_segmentation_report(
     class_names: list[str],
     ignore_index: int | None = None,
     split: str = "test",
+    checkpoint: str | None = None,
 ) -> Path | None:
     """Write ``metrics.json`` and ``confusion_matrix.png`` for a segmentation evaluation.
 
@@ -109,6 +112,7 @@ def write_segmentation_report(
         class_names: the ``K`` class names.
         ignore_index: label value of unlabelled pixels, recorded for the reader.
         split: name of the evaluated split.
+        checkpoint: the evaluated checkpoint file (export finds its metrics by it).
 
     Returns:
         The path of ``metrics.json``, or None when there is no log directory.
@@ -134,6 +138,7 @@ def write_segmentation_report(
     }
     report: dict[str, Any] = {
         "split": split,
+        "checkpoint": checkpoint,
         "task": "semantic_segmentation",
         "num_labelled_pixels": int(counts.sum()),
         "ignore_index": ignore_index,

@@ -171,7 +171,8 @@ class SegmentationTask(ConvNeXtTask):
         self.test_confusion.reset()
         if self.trainer.is_global_zero:
             write_segmentation_report(self.trainer.log_dir, values, confusion, self.class_names,
-                                      ignore_index=self.ignore_index)
+                                      ignore_index=self.ignore_index,
+                                      checkpoint=self.evaluated_checkpoint())
 
     # ---- forward and prediction ----------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

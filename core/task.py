@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,6 +133,11 @@ class ConvNeXtTask(LightningModule):
 
     def on_stage_epoch_end(self, stage: str, values: dict[str, float]) -> None:
         """Called after each val/test epoch with the logged values; add operating points, reports."""
+
+    def evaluated_checkpoint(self) -> str | None:
+        """The checkpoint file under evaluation, resolved (None: the weights in memory)."""
+        path = self.trainer.ckpt_path if self._trainer is not None else None
+        return str(Path(path).resolve()) if path else None
 
     # ---- steps ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

@@ -192,3 +192,24 @@ def test_predict_uses_the_image_size_the_model_was_trained_at(tmp_path, monkeypa
     pred, other = probs("--data.init_args.image_size=224")
     assert pred.datamodule.hparams.image_size in (32, [32, 32])
     assert other == pytest.approx(same, abs=1e-6)
+
+
+def test_export_finds_the_test_report_of_its_checkpoint(tmp_path, monkeypatch):
+    # `test` logs into a new version folder; the bundle used to say "no metrics.json found".
+    import json
+
+    from core.export_metadata import run_metrics
+
+    monkeypatch.chdir(tmp_path)
+    base = tiny_args(CONFIG, tmp_path, monkeypatch)
+    fit = run_cli(["fit", *base, "--trainer.max_epochs=2"])
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    last = best.parent / "last.ckpt"
+    assert run_metrics(best) is None
+    tested = run_cli(["test", *base, f"--ckpt_path={best}"])
+    report_path = Path(tested.trainer.log_dir) / "metrics.json"
+    assert report_path.parent != best.parents[1]
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"] == str(best.resolve())
+    assert run_metrics(best) == report
+    assert run_metrics(last) is None  # a report of another checkpoint is never borrowed
