@@ -27,7 +27,7 @@ from core.preprocess import (  # noqa: F401  (re-exported for domains)
     scale_to_unit,
 )
 from core.splits import SPLITS, split_from_column, stratified_split
-from core.transforms import AugmentLevel, eval_transform, train_transform
+from core.transforms import AugmentLevel, eval_transform, seed_worker_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +466,7 @@ class ConvNeXtDataModule(LightningDataModule):
         h = self.hparams
         return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, drop_last=False,
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+                          worker_init_fn=seed_worker_transform,
                           collate_fn=partial(collate_samples, ragged_keys=self.ragged_keys))
 
     def dataset(self, split: str) -> TransformedDataset:

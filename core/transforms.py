@@ -7,6 +7,7 @@ from functools import partial
 from typing import Literal
 
 import albumentations as A
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from core.preprocess import resize_image, resize_mask
@@ -53,7 +54,18 @@ def train_transform(
         ops.append(A.RandomBrightnessContrast(0.1, 0.1, p=0.5))
     if augment == "strong":
         ops += [A.RandomRotate90(), A.Affine(rotate=(-15, 15), p=0.5), A.GaussNoise(p=0.2)]
-    return A.Compose([*ops, _normalize(mean, std), ToTensorV2()])
+    # Seeded from torch, which seed_everything seeds: augmentation is reproducible run to run.
+    # (albumentations otherwise seeds itself from the OS.) Workers reseed in seed_worker_transform.
+    return A.Compose([*ops, _normalize(mean, std), ToTensorV2()], seed=torch.initial_seed() % 2**32)
+
+
+def seed_worker_transform(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker's copy of the pipeline draws its own stream,
+    from the worker seed torch derives from the (seeded) main process."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 def eval_transform(

@@ -165,3 +165,28 @@ def test_predict_paths_read_files_and_folders(defect_folder, tmp_path):
     assert Path(batch["id"][0]).parent.name == "good"
     with pytest.raises(DataError, match="does not exist"):
         DefectFolderDataModule(root=str(defect_folder), predict_paths=["/no/such"]).predict_dataloader()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_with_augmentation_is_reproducible_with_a_seed(tmp_path, workers):
+    # albumentations seeded itself from the OS: the same config and seed gave other metrics.
+    import torch
+    from lightning.pytorch import seed_everything
+
+    from core.classification import ClassificationTask
+
+    from .conftest import TINY, cpu_trainer
+
+    root = make_defect_folders(tmp_path / "d", per_class=8)
+
+    def train() -> dict:
+        seed_everything(7, workers=True)
+        dm = DefectFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=workers,
+                                    augment="strong")
+        task = ClassificationTask(**TINY, in_chans=1, num_classes=2, class_names=["good", "scratch"])
+        cpu_trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(task, datamodule=dm)
+        return {k: v.clone() for k, v in task.state_dict().items()}
+
+    first, second = train(), train()
+    for key in first:  # equal_nan: the operating-point threshold is NaN before validation
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, equal_nan=True)
