@@ -268,4 +268,6 @@ def main(argv: Sequence[str] | None = None, bundle: str | Path | None = None) ->
     except DataError as err:
         parser.exit(2, f"error: {err}\n")
     for kind, value in written.items():
-        print(f"{kind}: {value if not isinstance(value, dict) else len(value)}")
+        shown = (f"{len(value)} file(s) in {args.out}" if isinstance(value, dict)
+                 else ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        print(f"{kind}: {shown}")
