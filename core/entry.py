@@ -40,12 +40,9 @@ options for every command:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or settings, not a bug: printed as one line."""
-    from core.errors import DataError
+    from core.errors import UserError
 
-    errors: list[type[BaseException]] = [DataError, FloatingPointError]
-    if "core.weights" in sys.modules:  # imported by the training stack only
-        errors.append(sys.modules["core.weights"].PretrainedWeightsError)
-    return tuple(errors)
+    return (UserError, FloatingPointError)
 
 
 def _dispatch(args: list[str], from_argv: bool) -> None:
@@ -89,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _find_user_error(err: BaseException) -> BaseException | None:
-    """Our user error behind ``err``: jsonargparse wraps errors raised while it instantiates
-    the model or datamodule (e.g. missing weights) in its own ValueError."""
+    """Our user error behind ``err``: jsonargparse re-raises errors from building the model or
+    datamodule (e.g. missing weights) as its own ValueError, chained or only quoted."""
+    from core.errors import UserError
+
     kinds, seen = _user_errors(), set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -98,7 +97,8 @@ def _find_user_error(err: BaseException) -> BaseException | None:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    last = UserError.last
+    return last if last is not None and str(last) and str(last) in str(err) else None
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from core.errors import UserError
+
 # Prefixes that wrappers (DDP, Lightning tasks, other repos) put in front of timm's keys.
 _KNOWN_PREFIXES = ("module.", "model.", "net.", "backbone.", "encoder.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "module")
 STEM_KEY = "stem.0.weight"
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights were asked for but cannot be loaded; the message says how to fix it."""
 
 
