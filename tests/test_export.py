@@ -582,10 +582,14 @@ def test_bundle_predicts_alone_in_a_fresh_venv(name, trained, bundles, fresh_ven
         assert len(alone) == len(project) > 0
         for a, b in zip(alone, project, strict=True):
             assert a.keys() == b.keys()
+            # A score within the probability tolerance of the threshold (the threshold is one
+            # validation score, and these inputs may include it) may fall on either side when the
+            # venv's onnxruntime/numpy/pillow differ from the project's.
+            at_threshold = "score" in a and abs(float(a["score"]) - float(a["threshold"])) <= 1e-6
             for key in a:
                 if key.startswith("prob_") or key == "score":
                     assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6)
-                else:
+                elif not (key == "decision" and at_threshold):
                     assert a[key] == b[key]
 
 
