@@ -89,20 +89,20 @@ class FCMAE(nn.Module):
         return h // self.patch_size, w // self.patch_size
 
     @staticmethod
-    def _visible(mask: Tensor, like: Tensor) -> Tensor:
+    def visible(mask: Tensor, like: Tensor) -> Tensor:
         """``1 - mask`` at the resolution of ``like`` (nearest), shaped ``(B, 1, h, w)``."""
         return 1.0 - F.interpolate(mask.unsqueeze(1), size=like.shape[-2:], mode="nearest")
 
     def encode(self, images: Tensor, mask: Tensor) -> Tensor:
         """The last stage's features with masked positions zeroed after the stem and every block."""
         model = self.encoder.model
-        x = model.stem(images * self._visible(mask, images))
-        x = x * self._visible(mask, x)
+        x = model.stem(images * self.visible(mask, images))
+        x = x * self.visible(mask, x)
         for stage in model.stages:
             x = stage.downsample(x)
             for block in stage.blocks:
                 x = block(x)
-                x = x * self._visible(mask, x)
+                x = x * self.visible(mask, x)
         return x
 
     def forward(self, images: Tensor, mask: Tensor | None = None,
@@ -112,8 +112,8 @@ class FCMAE(nn.Module):
         if mask is None:
             mask = random_patch_mask(images.shape[0], grid, self.mask_ratio, generator, images.device)
         features = self.proj(self.encode(images, mask))
-        hidden = self._visible(mask, features)
-        features = features * hidden + self.mask_token * (1.0 - hidden)
+        seen = self.visible(mask, features)
+        features = features * seen + self.mask_token * (1.0 - seen)
         pixels = F.pixel_shuffle(self.pred(self.decoder(features)), self.stride)  # (B, C, H, W)
         pred = patchify(pixels, self.patch_size)
         return self.loss(images, pred, mask), pred, mask

@@ -19,14 +19,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor
-from torch.optim import AdamW
 
 from core.atomic import write_atomic
 from core.backbone import ConvNeXtBackbone
 from core.checkpointing import default_checkpoints
 from core.errors import DataError
 from core.fcmae import FCMAE, random_patch_mask
-from core.recipe import recipe_param_groups, warmup_cosine
+from core.recipe import adamw_warmup_cosine, recipe_param_groups
 from core.weights import rgb_index_from_names
 
 log = logging.getLogger(__name__)
@@ -115,12 +114,7 @@ class FCMAETask(LightningModule):
                                      extra=[self.fcmae.proj, self.fcmae.decoder, self.fcmae.pred])
         groups.append({"params": [self.fcmae.mask_token], "weight_decay": 0.0, "lr": h.lr,
                        "name": "mask_token"})
-        optimizer = AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = warmup_cosine(optimizer, int(round(total * h.warmup_epochs / epochs)), total,
-                                  h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(groups, self.trainer, h.lr, h.betas, h.warmup_epochs, h.min_lr_ratio)
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
@@ -174,7 +168,7 @@ class FCMAETask(LightningModule):
                                  generator).to(self.device)
         _, pred, _ = self.fcmae(images, mask)
         recon = self.fcmae.reconstruct(images, pred, mask)
-        seen = images * self.fcmae._visible(mask, images)
+        seen = images * self.fcmae.visible(mask, images)
         self.train(was_training)
         rows = [("input", images), ("encoder input", seen), ("reconstruction", recon)]
         n = images.shape[0]

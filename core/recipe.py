@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from timm.optim import param_groups_layer_decay
 from torch import nn
-from torch.optim import Optimizer
+from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
@@ -63,3 +64,14 @@ def warmup_cosine(
         return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
     return LambdaLR(optimizer, factor)
+
+
+def adamw_warmup_cosine(groups: list[dict], trainer: Any, lr: float, betas: Sequence[float],
+                        warmup_epochs: float, min_lr_ratio: float) -> dict[str, Any]:
+    """Lightning's optimizer config: AdamW over ``groups``, stepped per batch through
+    :func:`warmup_cosine` over the trainer's whole run (``warmup_epochs`` may be fractional)."""
+    optimizer = AdamW(groups, lr=lr, betas=tuple(betas))
+    total = max(1, int(trainer.estimated_stepping_batches))
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+    scheduler = warmup_cosine(optimizer, int(round(total * warmup_epochs / epochs)), total, min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -10,13 +10,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor, nn
-from torch.optim import AdamW
 from torchmetrics import MetricCollection
 
 from core.backbone import ConvNeXtBackbone
 from core.checkpointing import default_checkpoints
 from core.ema import ParameterEMA
-from core.recipe import recipe_param_groups, warmup_cosine
+from core.recipe import adamw_warmup_cosine, recipe_param_groups
 from core.weights import parse_pretrained, rgb_index_from_names
 
 STAGES = ("train", "val", "test")
@@ -206,12 +205,7 @@ class ConvNeXtTask(LightningModule):
             self.backbone.model, h.lr, h.weight_decay, self.effective_layer_decay,
             extra=self.head_modules(),
         )
-        optimizer = AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = int(round(total * h.warmup_epochs / epochs))
-        scheduler = warmup_cosine(optimizer, warmup, total, h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(groups, self.trainer, h.lr, h.betas, h.warmup_epochs, h.min_lr_ratio)
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
