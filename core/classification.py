@@ -50,6 +50,11 @@ class ClassificationTask(ConvNeXtTask):
         target_recall: when set, the operating point is the highest threshold that reaches this
             recall of the positive classes on validation; stored in the checkpoint and applied
             on test and predict. ``"youden"`` maximises sensitivity + specificity instead.
+        tta: test-time augmentation outside training: ``none``, ``hflip`` (image and its mirror)
+            or ``flips`` (also the vertical and the double flip); the logits of the views are
+            averaged. Validation uses it too, so the operating point is chosen on the same
+            function that is tested and exported (the ONNX graph contains the flips). Costs 2x
+            or 4x inference; use it only where flipped inputs are valid samples.
         **kwargs: backbone and recipe options of :class:`~core.task.ConvNeXtTask`.
     """
 
@@ -71,6 +76,7 @@ class ClassificationTask(ConvNeXtTask):
         class_weights: Literal["balanced"] | list[float] | None = None,
         positive_classes: Sequence[str] | None = None,
         target_recall: float | Literal["youden"] | None = None,
+        tta: Literal["none", "hflip", "flips"] = "none",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -92,6 +98,16 @@ class ClassificationTask(ConvNeXtTask):
         if unknown:
             raise ValueError(f"positive_classes {unknown} not among class_names {self.class_names}")
         return [self.class_names.index(n) for n in names]
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.backbone(x)
+        tta = self.hparams.get("tta", "none")
+        if self.training or tta == "none":
+            return logits
+        views = [x.flip(-1)] + ([x.flip(-2), x.flip(-2, -1)] if tta == "flips" else [])
+        for view in views:
+            logits = logits + self.backbone(view)
+        return logits / (1 + len(views))
 
     # ---- hooks ---------------------------------------------------------------------------
     def configure_losses(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from core.errors import DataError
 from core.filescan import write_skipped_report
@@ -91,6 +91,20 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return apply_transform(self.transform, self.source.read(int(self.indices[i])))
+
+
+class ImagesOnly(Dataset):
+    """A dataset's samples reduced to ``image`` and ``id`` (for label-free training)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.dataset[i]
+        return {"image": sample["image"], "id": sample["id"]}
 
 
 def apply_transform(transform, sample: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +327,10 @@ class ConvNeXtDataModule(LightningDataModule):
         augment: training augmentation level: none, flips, default or strong.
         stats_samples: at most this many training samples are read to compute mean/std.
         predict_paths: files or folders to predict on; default: the test split.
+        unlabelled_paths: files or folders of extra images without labels, read like
+            ``predict_paths``. Label-free tasks (FCMAE pretraining) train on them together with
+            the training split; supervised tasks ignore them (with a warning). They must not
+            include validation or test images.
     """
 
     # File endings that count as samples when a folder is given to predict on.
@@ -333,6 +351,7 @@ class ConvNeXtDataModule(LightningDataModule):
         augment: AugmentLevel = "default",
         stats_samples: int = 512,
         predict_paths: list[str] | None = None,
+        unlabelled_paths: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -478,7 +497,38 @@ class ConvNeXtDataModule(LightningDataModule):
         return TransformedDataset(self.source, self.splits[split], transform)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
+        return self._loader(self.with_unlabelled(self.dataset("train")), shuffle=True)
+
+    def label_free_run(self) -> bool:
+        """Whether the attached task trains without labels (it sets ``uses_labels = False``)."""
+        task = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        return task is not None and getattr(task, "uses_labels", True) is False
+
+    def with_unlabelled(self, train: Dataset) -> Dataset:
+        """The training split plus ``unlabelled_paths`` (images and ids only) for label-free
+        tasks; the training split alone otherwise."""
+        paths = self.hparams.get("unlabelled_paths")
+        if not paths:
+            return train
+        if not self.label_free_run():
+            log.warning("unlabelled_paths (%d entries) are ignored: this task trains on labels; they are "
+                        "used by label-free tasks such as `convnext-domains pretrain`", len(paths))
+            return train
+        files = expand_inputs(paths, self.file_extensions)
+        known = getattr(self.source, "paths", None)
+        if known is not None:
+            held_out = {str(Path(known[i]).resolve()) for s in ("val", "test") for i in self.splits[s]}
+            leaked = sorted(str(f) for f in files if str(Path(f).resolve()) in held_out)
+            if leaked:
+                raise DataError(f"unlabelled_paths include {len(leaked)} validation/test image(s), e.g. "
+                                f"'{leaked[0]}'; pretraining must not see evaluation images: remove them "
+                                "from unlabelled_paths")
+        source = self.predict_source(files)
+        h = self.hparams
+        extra = TransformedDataset(source, np.arange(len(source)),
+                                   train_transform(h.image_size, self.mean, self.std, h.augment))
+        log.info("label-free training on %d training-split + %d unlabelled images", len(train), len(extra))
+        return ConcatDataset([ImagesOnly(train), ImagesOnly(extra)])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), shuffle=False)

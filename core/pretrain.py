@@ -57,6 +57,8 @@ class FCMAETask(LightningModule):
 
     monitor = "train/loss"
     monitor_mode = "min"
+    # Read by the datamodule: label-free tasks also train on its ``unlabelled_paths``.
+    uses_labels = False
 
     def __init__(
         self,

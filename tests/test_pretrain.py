@@ -128,3 +128,49 @@ def test_input_size_must_fit_the_patch_size(tmp_path):
 
     with pytest.raises(DataError, match="not a multiple of patch_size 32.*image_size"):
         cpu_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(task, datamodule=dm)
+
+
+def _unlabelled(folder, n, rng_seed=5):
+    """Extra cells as another tool leaves them: RGBA PNGs and a stray text file beside them."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(rng_seed)
+    for i in range(n):
+        rgba = np.concatenate([rng.integers(0, 255, (40, 40, 3)), np.full((40, 40, 1), 255)], axis=2)
+        Image.fromarray(rgba.astype(np.uint8), "RGBA").save(folder / f"extra_{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_unlabelled_folder_joins_the_training_split_for_pretraining_only(tmp_path, caplog):
+    extra = _unlabelled(tmp_path / "extra", 5)
+    dm = DefectFolderDataModule(root=str(make_defect_folders(tmp_path / "d", per_class=10)),
+                                image_size=32, batch_size=4, num_workers=0, val_fraction=0.2,
+                                test_fraction=0.2, unlabelled_paths=[str(extra)])
+    seen = SeenIds()
+    cpu_trainer(tmp_path, max_epochs=1, callbacks=[seen], limit_val_batches=0).fit(
+        FCMAETask(**TINY, in_chans=1, decoder_dim=16, reconstructions=0), datamodule=dm)
+    ids = {split: {dm.source.ids[i] for i in dm.splits[split]} for split in ("train", "val", "test")}
+    extra_ids = {str(p) for p in sorted(extra.glob("*.png"))}
+    assert seen.ids == ids["train"] | extra_ids
+    assert not seen.ids & (ids["val"] | ids["test"])
+
+    # A supervised task on the same datamodule trains on the labelled split only, and says so.
+    seen = SeenIds()
+    with caplog.at_level("WARNING"):
+        cpu_trainer(tmp_path, max_epochs=1, callbacks=[seen], limit_val_batches=0).fit(
+            ClassificationTask(**TINY, in_chans=1, num_classes=2, class_names=dm.class_names), datamodule=dm)
+    assert seen.ids == ids["train"]
+    assert "unlabelled_paths (1 entries) are ignored" in caplog.text
+
+
+def test_unlabelled_paths_may_not_hold_evaluation_images(tmp_path):
+    from core.errors import DataError
+
+    root = make_defect_folders(tmp_path / "d", per_class=10)
+    dm = DefectFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0,
+                                val_fraction=0.2, test_fraction=0.2, unlabelled_paths=[str(root)])
+    with pytest.raises(DataError, match="unlabelled_paths include .* validation/test image"):
+        cpu_trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(
+            FCMAETask(**TINY, in_chans=1, decoder_dim=16, reconstructions=0), datamodule=dm)

@@ -237,9 +237,13 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         return self.source.class_pixels[self.train_indices].sum(axis=0).tolist()
 
     def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        if h.get("unlabelled_paths"):
+            raise DataError("unlabelled_paths is not supported for scene tiles; pretrain on the training "
+                            "blocks of the labelled scene, or on unlabelled patches with "
+                            "GeoTiffFolderDataModule")
         self.setup()
         self.ensure_stats()
-        h = self.hparams
         idx = self.splits["train"]
         weights = dominant_weights(self.source.class_pixels[idx], h.oversample)
         dataset = RandomTiles(self.source, idx, weights, h.samples_per_epoch,
