@@ -6,8 +6,8 @@
 that ONNX Runtime gives the same probabilities as Lightning's ``predict``, and writes
 ``README.md`` (model card) and ``metadata.json`` (schema of :mod:`core.bundle`, sealed with
 the sha256 of every file). The bundle also carries its own torch-free predictor
-(``predict.py``, ``requirements.txt`` and ``predictor/``, copies of the project modules that
-:data:`core.predict_bundle.READERS` names for its reader), so it can be handed over alone.
+(``predict.py``, ``requirements.txt`` and ``predictor/``, copies of the modules that its input
+reader declares, found through :data:`core.readers.READERS`), so it can be handed over alone.
 
 Everything is written into a temporary folder next to ``DIR`` and renamed into place only when
 all of it succeeded, so ``DIR`` is either a complete, verified bundle or absent. SIGTERM removes

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from core.errors import DataError
+from core.plugins import plugin_of
+from core.readers import READERS
 
 
 def load_checkpoint(ckpt: str | Path) -> dict[str, Any]:
@@ -46,10 +48,11 @@ def rebuild_task(checkpoint: dict[str, Any], source: str | Path = "checkpoint") 
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except ModuleNotFoundError as err:
-        # issue 10: move to the domain plug-in (the extra's name should come from the domain)
+        plugin = plugin_of(str(checkpoint["task_class"]))
+        fix = (f"install its domain's packages: {plugin.install_hint()}" if plugin is not None
+               else "install the package that provides it")
         raise DataError(f"checkpoint '{source}' needs {checkpoint['task_class']}, which cannot be "
-                        f"imported ({err}); install the domain's extra, e.g. "
-                        "pip install 'convnext-domains[medical]' or '[agriculture]'") from err
+                        f"imported ({err}); {fix}") from err
     except AttributeError as err:
         raise DataError(f"checkpoint '{source}' names task class {checkpoint['task_class']}, "
                         "which this convnext-domains does not have") from err
@@ -71,8 +74,7 @@ def input_shape(preprocessing: dict[str, Any], in_chans: int) -> tuple[int, int,
     if channels != int(in_chans):
         raise DataError(f"the checkpoint's preprocessing gives {channels} input channels but the "
                         f"model was built for {in_chans}")
-    # issue 10: move to the domain plug-in (the scene reader names its input size tile_size)
-    key = "tile_size" if preprocessing.get("reader") == "geotiff_scene" else "image_size"
+    key = READERS[preprocessing.get("reader")].size_key
     size = preprocessing.get(key)
     if size is None:
         raise DataError(f"the checkpoint's preprocessing has no {key}: the input size is unknown")

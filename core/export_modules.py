@@ -1,7 +1,8 @@
 """Which project modules a bundle's torch-free predictor needs, found by following imports.
 
 The list starts at :data:`core.predict_bundle.PREDICTOR_MODULES` and the reader's declared
-modules and follows the code (AST of each module), so it is never kept by hand.
+modules (:func:`core.readers.reader_modules`) and follows the code (AST of each module), so it is
+never kept by hand. A reader from another package (a team's plug-in) brings its package along.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import DataError
-from core.predict_bundle import PREDICTOR_MODULES, reader_support
+from core.predict_bundle import PREDICTOR_MODULES
+from core.readers import READERS, reader_modules
 
-# Top-level packages of this project: the predictor copies their modules, nothing else.
+# Top-level packages of this project: the predictor copies their modules, and those of the
+# reader's own package, nothing else.
 PROJECT_PACKAGES = ("core", "domains")
 
 
@@ -49,8 +52,10 @@ def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
                 yield from _top_level(handler.body)
 
 
-def _imports(name: str, tree: ast.Module, module_level: bool) -> set[str]:
-    """Project modules imported by module ``name``: at import time, or lazily inside functions.
+def _imports(name: str, tree: ast.Module, module_level: bool,
+             roots: tuple[str, ...] = PROJECT_PACKAGES) -> set[str]:
+    """Modules of the ``roots`` packages imported by module ``name``: at import time, or lazily
+    inside functions.
 
     ``from pkg import x`` counts ``pkg.x`` when that is a module; relative imports are resolved.
     """
@@ -75,18 +80,19 @@ def _imports(name: str, tree: ast.Module, module_level: bool) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names
-                         if base.split(".")[0] in PROJECT_PACKAGES
+                         if base.split(".")[0] in roots
                          and module_source(f"{base}.{alias.name}") is not None)
-    return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES and module_source(m) is not None}
+    return {m for m in found if m.split(".")[0] in roots and module_source(m) is not None}
 
 
 def reader_packages(reader: str) -> tuple[str, ...]:
-    """The domain packages a reader kind's declared modules live in (none for plain images)."""
-    return tuple(sorted({m.rpartition(".")[0] for m in reader_support(reader).modules}))
+    """The packages outside core that a reader's declared modules live in (none for images)."""
+    packages = {m.rpartition(".")[0] for m in reader_modules(READERS[reader])}
+    return tuple(sorted(p for p in packages if p and not _carried(p, ())))
 
 
 def _carried(module: str, packages: tuple[str, ...]) -> bool:
-    """Whether a lazily imported ``module`` belongs in the bundle: core, or the reader's domain."""
+    """Whether a lazily imported ``module`` belongs in the bundle: core, or the reader's package."""
     return any(module == p or module.startswith(f"{p}.") for p in ("core", *packages))
 
 
@@ -95,12 +101,14 @@ def predictor_modules(reader: str) -> list[str]:
 
     Starts from :data:`core.predict_bundle.PREDICTOR_MODULES` and the reader's declared
     modules, adds the packages (``__init__``) above each and follows their imports of project
-    modules: all module-level ones, and those inside functions when they stay in core or in the
-    reader's own domain package (so a DICOM bundle carries no agriculture code). The list
-    follows the code instead of being kept by hand.
+    modules and of the reader's own top-level package: all module-level ones, and those inside
+    functions when they stay in core or in the reader's own package (so a DICOM bundle carries
+    no agriculture code). The list follows the code instead of being kept by hand.
     """
+    declared = reader_modules(READERS[reader])
     packages = reader_packages(reader)
-    todo = [*PREDICTOR_MODULES, *reader_support(reader).modules]
+    roots = tuple(dict.fromkeys((*PROJECT_PACKAGES, *(m.split(".")[0] for m in declared))))
+    todo = [*PREDICTOR_MODULES, *declared]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -109,11 +117,12 @@ def predictor_modules(reader: str) -> list[str]:
         source = module_source(name)
         if source is None:
             raise DataError(f"the predictor of '{reader}' bundles needs module {name}, which cannot "
-                            "be found; reinstall convnext-domains with that domain's files")
+                            "be found; reinstall convnext-domains, or the package of that reader")
         seen.add(name)
         parts = name.split(".")
         tree = ast.parse(source.read_text(), str(source))
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += sorted(_imports(name, tree, module_level=True))
-        todo += sorted(m for m in _imports(name, tree, module_level=False) if _carried(m, packages))
+        todo += sorted(_imports(name, tree, module_level=True, roots=roots))
+        todo += sorted(m for m in _imports(name, tree, module_level=False, roots=roots)
+                       if _carried(m, packages))
     return sorted(seen)

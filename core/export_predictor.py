@@ -16,7 +16,8 @@ from typing import Any
 from core.bundle import LAUNCHER, PREDICTOR, REQUIREMENTS
 from core.errors import DataError
 from core.export_modules import module_source, predictor_modules
-from core.predict_bundle import BASE_PACKAGES, reader_support
+from core.predict_bundle import BASE_PACKAGES
+from core.readers import READERS
 
 DISTRIBUTION = "convnext-domains"
 
@@ -94,7 +95,7 @@ def predictor_requirements(reader: str) -> list[str]:
     """requirements.txt lines of a ``reader`` bundle, with the project's version floors."""
     declared = _declared_requirements()
     lines = []
-    for package in (*BASE_PACKAGES, *reader_support(reader).packages):
+    for package in (*BASE_PACKAGES, *READERS[reader].packages):
         if _canonical(package) not in declared:
             raise DataError(f"{DISTRIBUTION} declares no requirement for {package}, which the "
                             f"'{reader}' predictor needs; add it to pyproject.toml")

@@ -1,39 +1,28 @@
-"""The model card (``README.md``) of an export bundle, written from its metadata.json alone."""
+"""The model card (``README.md``) of an export bundle, written from its metadata.json alone.
+
+Assembled from sections: core writes those every model shares, the bundle's input reader
+describes its input handling, and the domain plug-ins add their limitations.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.bundle import LAUNCHER, PREDICTOR, REQUIREMENTS
+from core.plugins import DomainPlugin, plugin_of
+from core.readers import READERS, InputReader
+from core.readers import card_value as _fmt
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return ", ".join(_fmt(v) for v in value)
-    return "—" if value is None else str(value)
-
-
-def model_card(meta: dict[str, Any]) -> str:
-    """README.md of the bundle: what the model is for, what it expects and how far to trust it."""
-    inp, out, data = meta["input"], meta["output"], meta.get("training_data") or {}
-    reader, shape = inp.get("reader"), meta["input"]["shape"]
-    decision, metrics, parity = meta.get("decision"), meta.get("metrics"), meta["parity"]
-    title = meta["task_class"].rsplit(".", 1)[-1]
+def _intended_use(meta: dict[str, Any], reader: InputReader) -> list[str]:
+    inp, shape = meta["input"], meta["input"]["shape"]
     lines = [
-        f"# {title}: {meta['domain']} {meta['task']} model",
-        "",
-        "Exported by convnext-domains (bundle schema "
-        f"{meta['schema_version']}, {meta['created']}). `metadata.json` holds the full input "
-        "contract and the sha256 of every file; the predictor refuses a modified bundle.",
-        "",
         "## Intended use",
         "",
         f"- **Domain / task**: {meta['domain']}, {meta['task']} into {len(meta['class_names'])} classes"
         + (" (per pixel)" if meta["task"] == "segmentation" else "")
         + (" (independent labels, sigmoid)" if meta["task"] == "multilabel" else "") + ".",
-        f"- **Reader**: `{reader}`.",
+        f"- **Reader**: `{inp.get('reader')}`.",
     ]
     channel_names = inp.get("channel_names") or inp.get("bands")
     if channel_names:
@@ -41,38 +30,28 @@ def model_card(meta: dict[str, Any]) -> str:
                      + (f"; spectral indices {_fmt(inp['indices'])}" if inp.get("indices") else "") + ".")
     else:
         lines.append(f"- **Channels**: {shape[1]}" + (f" ({inp['channels']})" if inp.get("channels") else "") + ".")
-    # issue 10: move to the domain plug-in (each reader's section comes from its domain)
-    if reader == "dicom":
-        lines.append(f"- **DICOM**: modality LUT {'on' if inp.get('modality_lut') else 'off'}, "
-                     f"window(s) {_fmt(inp.get('window'))}, frames {_fmt(inp.get('frames'))}, "
-                     f"target spacing {_fmt(inp.get('target_spacing'))}.")
-    size = f"{shape[2]}x{shape[3]}"
-    # issue 10: move to the domain plug-in
-    if reader == "geotiff_scene":
-        lines.append(f"- **Size**: tiles of {size} pixels; whole scenes are cut into overlapping "
-                     f"tiles (overlap {_fmt(inp.get('predict_overlap'))}) and blended.")
-    else:
-        lines.append(f"- **Size**: resized to {size} (height x width).")
+    lines += reader.card_input(inp, f"{shape[2]}x{shape[3]}")
+    scaling = reader.card_scaling(inp)
+    out = meta["output"]
     lines += [
         f"- **Normalisation**: (x - mean) / std per channel, mean {_fmt(inp.get('mean'))}, "
-        f"std {_fmt(inp.get('std'))}"
-        # The base contract's integer scaling applies to the PIL image reader only; DICOM and
-        # GeoTIFF readers have their own value ranges (modality LUT + window, raw band values).
-        + (f"; {inp['input_scaling']}" if reader == "image" and inp.get("input_scaling") else "")
-        + ".",
+        f"std {_fmt(inp.get('std'))}" + (f"; {scaling}" if scaling else "") + ".",
         f"- **Network**: `model.onnx`, input `input` float32 NCHW (N, {shape[1]}, {shape[2]}, "
         f"{shape[3]}), output `logits` "
         f"({out['shape']}), probabilities by {out['activation']}.",
         "",
-        "## Classes",
-        "",
-        "| index | class |",
-        "|---|---|",
-        *[f"| {i} | {name} |" for i, name in enumerate(meta["class_names"])],
-        "",
-        "## Training data",
-        "",
     ]
+    return lines
+
+
+def _classes(meta: dict[str, Any]) -> list[str]:
+    return ["## Classes", "", "| index | class |", "|---|---|",
+            *[f"| {i} | {name} |" for i, name in enumerate(meta["class_names"])], ""]
+
+
+def _training_data(meta: dict[str, Any]) -> list[str]:
+    data = meta.get("training_data") or {}
+    lines = ["## Training data", ""]
     if data:
         lines += [
             f"- samples: {_fmt(data.get('num_samples'))}; split sizes: "
@@ -84,7 +63,12 @@ def model_card(meta: dict[str, Any]) -> str:
         ]
     else:
         lines.append("Not recorded in the checkpoint.")
-    lines += ["", "## Test metrics", ""]
+    return [*lines, ""]
+
+
+def _test_metrics(meta: dict[str, Any]) -> list[str]:
+    metrics = meta.get("metrics")
+    lines = ["## Test metrics", ""]
     values = (metrics or {}).get("metrics") if isinstance(metrics, dict) else None
     if values:
         count = (f"{metrics['num_labelled_pixels']} labelled test pixels"
@@ -96,7 +80,12 @@ def model_card(meta: dict[str, Any]) -> str:
     else:
         lines.append("Not known: no `metrics.json` was found in the checkpoint's run directory "
                      "(run `convnext-domains test` on it before exporting).")
-    lines += ["", "## Operating point", ""]
+    return [*lines, ""]
+
+
+def _operating_point(meta: dict[str, Any]) -> list[str]:
+    decision = meta.get("decision")
+    lines = ["## Operating point", ""]
     if decision:
         threshold = decision["threshold"]
         lines += [
@@ -115,40 +104,42 @@ def model_card(meta: dict[str, Any]) -> str:
         lines.append("None: the predicted class is the most probable one"
                      + (" per pixel." if meta["task"] == "segmentation" else
                         "; multilabel outputs use 0.5 per label." if meta["task"] == "multilabel" else "."))
-    lines += [
-        "",
-        "## Export parity",
-        "",
-        f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime's probabilities "
-        f"differ from PyTorch Lightning's by at most {parity['max_abs_diff']:.3g} "
-        f"(tolerance {parity['tolerance']:g}).",
-        "",
-        "## Limitations",
-        "",
-    ]
-    backbone = meta["backbone"]
+    return [*lines, ""]
+
+
+def _parity(meta: dict[str, Any]) -> list[str]:
+    parity = meta["parity"]
+    return ["## Export parity", "",
+            f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime's probabilities "
+            f"differ from PyTorch Lightning's by at most {parity['max_abs_diff']:.3g} "
+            f"(tolerance {parity['tolerance']:g}).", ""]
+
+
+def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[DomainPlugin]) -> list[str]:
+    backbone, shape = meta["backbone"], meta["input"]["shape"]
+    lines = ["## Limitations", ""]
     if backbone["pretrained"] == "none":
         lines.append("- Trained from scratch (no pretrained weights): expect less robustness than "
                      "a fine-tuned pretrained model.")
     else:
         lines.append(f"- Pretrained weights: {backbone['pretrained']}; licence: {backbone['weight_licence']}.")
-    test_size = (data.get("split_sizes") or {}).get("test")
-    # issue 10: move to the domain plug-in
-    unit = "spatial blocks of the training scene" if reader == "geotiff_scene" else "samples of the training source"
+    test_size = ((meta.get("training_data") or {}).get("split_sizes") or {}).get("test")
     lines.append(f"- Metrics come from a held-out split of {_fmt(test_size) if test_size else 'an unknown number of'} "
-                 f"{unit}; they do not show performance on other sites, "
+                 f"{reader.sample_unit}; they do not show performance on other sites, "
                  "devices, sensors or periods.")
     lines.append("- Inputs must follow the contract above (reader, channels, window, size, "
                  "normalisation); other inputs give meaningless outputs.")
-    # issue 10: move to the domain plug-in
-    if meta["domain"] == "medical" or reader == "dicom":
-        lines.append("- **Not a medical device.** For research only; not validated for clinical "
-                     "use or diagnosis.")
+    for plugin in plugins:
+        lines += plugin.card_limitations
     if meta["task"] == "segmentation":
-        lines.append(f"- The network takes {size} tiles; larger images are predicted tile by tile.")
-    predictor = meta.get("predictor") or {}
-    lines += [
-        "",
+        lines.append(f"- The network takes {shape[2]}x{shape[3]} tiles; larger images are "
+                     "predicted tile by tile.")
+    return [*lines, ""]
+
+
+def _how_to_run(meta: dict[str, Any], reader: InputReader) -> list[str]:
+    predictor, backbone = meta.get("predictor") or {}, meta["backbone"]
+    return [
         "## How to run",
         "",
         "This folder runs on its own, without torch or a convnext-domains checkout (Python "
@@ -160,6 +151,10 @@ def model_card(meta: dict[str, Any]) -> str:
         f"python DIR/{LAUNCHER} INPUT... --out OUT",
         "```",
         "",
+        "It writes into OUT (`{stem}`: an input's file name without its extension):",
+        "",
+        *[f"- `{name}`: {what}" for name, what in reader.outputs(meta["task"]).items()],
+        "",
         f"`{PREDICTOR}/` holds the predictor's code, copied from convnext-domains at export and "
         "sealed with the model. Where convnext-domains is installed, this is the same as:",
         "",
@@ -170,5 +165,39 @@ def model_card(meta: dict[str, Any]) -> str:
         f"Backbone: {backbone['name']}, depths {_fmt(backbone['depths'])}, dims {_fmt(backbone['dims'])}, "
         f"{backbone['in_chans']} input channels.",
         "",
+    ]
+
+
+def _plugins(meta: dict[str, Any]) -> list[DomainPlugin]:
+    """The plug-ins of the task's domain and of the reader's, each once (a core task may read
+    a domain's files: a DICOM classifier keeps the medical domain's limitations)."""
+    reader_path = READERS.path_of(str(meta["input"].get("reader")))
+    found = [plugin_of(str(meta["task_class"])), plugin_of(reader_path)]
+    return list({id(p): p for p in found if p is not None}.values())
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """README.md of the bundle: what the model is for, what it expects and how far to trust it.
+
+    core writes the sections every model shares; the bundle's reader and the domain plug-ins
+    of its task and reader supply what is theirs (input handling, limitations).
+    """
+    reader = READERS[meta["input"].get("reader")]
+    title = meta["task_class"].rsplit(".", 1)[-1]
+    lines = [
+        f"# {title}: {meta['domain']} {meta['task']} model",
+        "",
+        "Exported by convnext-domains (bundle schema "
+        f"{meta['schema_version']}, {meta['created']}). `metadata.json` holds the full input "
+        "contract and the sha256 of every file; the predictor refuses a modified bundle.",
+        "",
+        *_intended_use(meta, reader),
+        *_classes(meta),
+        *_training_data(meta),
+        *_test_metrics(meta),
+        *_operating_point(meta),
+        *_parity(meta),
+        *_limitations(meta, reader, _plugins(meta)),
+        *_how_to_run(meta, reader),
     ]
     return "\n".join(lines)

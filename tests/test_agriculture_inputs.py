@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 
 from core.backbone import ConvNeXtBackbone
 from core.errors import DataError
-from core.predict_bundle import _band_spec, read_input, segment_scene
+from core.predict_bundle import read_input, segment_scene
 from domains.agriculture import SceneSegmentationDataModule, SceneSegmentationTask
+from domains.agriculture.bands import BandSpec
 from domains.agriculture.synthetic import write_demo_scene
 
 from .conftest import TINY
@@ -260,7 +261,7 @@ def test_roles_from_sensor_or_band_roles_are_logged_and_stored(eight_bands, demo
         dm = dm_for(eight_bands, demo["labels"], indices=["NDVI"], band_roles={"red": "B3", "nir": "B4"})
         contract = contract_of(dm)
     assert contract["band_roles"] == {"red": "B3", "nir": "B4"} and "red=B3, nir=B4 (from band_roles)" in caplog.text
-    spec = _band_spec(contract)
+    spec = BandSpec.from_contract(contract)
     stack = spec.open(str(eight_bands))
     image, _ = spec.read(stack, Window(10, 10, 4, 4))
     nir, red = demo["image"][3, 10:14, 10:14].astype(float), demo["image"][2, 10:14, 10:14].astype(float)
@@ -324,7 +325,7 @@ def test_sensor_or_band_roles_give_the_rgb_bands_their_filters(landsat7, demo, r
     contract = contract_of(dm)
     assert contract["bands"] == ["B1", "B2", "B3", "B4", "B5", "B6"]
     assert contract["channel_names"] == dm.channel_names
-    spec = _band_spec(contract)
+    spec = BandSpec.from_contract(contract)
     assert spec.channel_names(spec.open(str(landsat7))) == dm.channel_names
 
 

@@ -477,9 +477,11 @@ def test_sigterm_during_the_final_rename_waits_for_it(trained, tmp_path, monkeyp
 # ---- the bundle on its own ----------------------------------------------------------------
 @pytest.mark.parametrize("reader", ["image", "dicom", "geotiff_patch", "geotiff_scene"])
 def test_predictor_carries_every_module_its_reader_imports(reader):
-    """Imports inside functions (the reader dispatch of core.predict_bundle) are followed into
+    """Imports inside functions (a reader's imports of its domain's modules) are followed into
     core and the reader's own domain; only other domains' modules stay out of the bundle."""
     import ast
+
+    from core.readers import READERS, reader_modules
 
     carried = set(export.predictor_modules(reader))
     own = export.reader_packages(reader)
@@ -490,12 +492,14 @@ def test_predictor_carries_every_module_its_reader_imports(reader):
             assert lazy in carried or not mine, f"{module} imports {lazy}, missing from the bundle"
     assert all(not m.startswith("domains") or m == "domains" or m.startswith(own) for m in carried)
     if reader == "image":
-        assert carried == {"core", "core.atomic", "core.bundle", "core.errors", "core.predict_bundle",
-                           "core.preprocess"}
-    else:  # what the geotiff_patch branch imports lazily comes along although not declared
-        assert set(export._imports("core.predict_bundle", ast.parse(
-            export._module_source("core.predict_bundle").read_text()), module_level=False)) \
-            & {m for m in carried if m.startswith(own)}
+        assert carried == {"core", "core.atomic", "core.bundle", "core.errors", "core.image_reader",
+                           "core.predict_bundle", "core.preprocess", "core.readers"}
+    else:  # what the reader imports lazily from its domain comes along although not declared
+        declared = reader_modules(READERS[reader])
+        assert set(declared) <= carried
+        assert set().union(*(export._imports(m, ast.parse(export._module_source(m).read_text()),
+                                             module_level=False) for m in declared)) \
+            & {m for m in carried if m.startswith(own) and m not in declared}
 
 
 def test_requirement_floors_come_from_the_declared_requirements(monkeypatch):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,29 @@ class BandSpec:
     indices: list[str] = field(default_factory=list)
     sensor: str | None = None
     roles: Roles | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_contract(cls, contract: Mapping[str, Any]) -> BandSpec:
+        """The training's band handling from a preprocessing contract: the same selection,
+        names, resolved roles (never guessed again), nodata and indices."""
+        # Select bands the way training did (``band_selection``: the `bands` option, None =
+        # all), so a file with other bands is refused as on the Lightning path; contracts from
+        # before that key select the resolved names.
+        selection = contract["band_selection"] if "band_selection" in contract else contract.get("bands")
+        return cls(selection, contract.get("band_names"), contract.get("band_roles") or None,
+                   contract.get("nodata"), list(contract.get("indices") or []))
+
+    def open_as_trained(self, path: str, contract: Mapping[str, Any]) -> RasterStack:
+        """Open one file with this spec and refuse it unless its bands are the contract's."""
+        from core.errors import DataError
+
+        stack = self.open(path)
+        try:
+            check_same_bands(stack, contract["bands"], contract.get("file_band_count"), path)
+        except DataError:
+            stack.close()
+            raise
+        return stack
 
     def open(self, paths: str | Sequence[str]) -> RasterStack:
         """Open the image(s), select the bands and check the indices' band roles."""

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
 from core.transforms import eval_transform, train_transform
 from domains.agriculture.bands import check_same_bands
+from domains.agriculture.plugin import GEOTIFF_PATCH, GEOTIFF_SCENE
 from domains.agriculture.raster import LabelRaster
 from domains.agriculture.scene import grid_windows
 from domains.agriculture.sources import (
@@ -280,7 +281,7 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
-        return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_scene",
+        return {**super().preprocessing(), **self.band_contract(), "reader": GEOTIFF_SCENE.name,
                 "tile_size": h.tile_size,
                 "predict_overlap": h.predict_overlap, "ignore_index": h.ignore_index,
                 "class_values": list(h.class_values)}
@@ -324,4 +325,4 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
                                  like=self.source.stack, reference=(self.mean, self.std))
 
     def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), **self.band_contract(), "reader": "geotiff_patch"}
+        return {**super().preprocessing(), **self.band_contract(), "reader": GEOTIFF_PATCH.name}

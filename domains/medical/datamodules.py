@@ -27,11 +27,11 @@ from domains.medical.masks import (
     read_mask,
     source_image,
 )
+from domains.medical.plugin import DICOM, DICOM_EXTENSIONS
 from domains.medical.prediction import PREDICT_FORMATS, PredictFormat
 
 log = logging.getLogger(__name__)
 
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima", "")
 Window = str | list[float] | list[str | list[float]] | None
 
 
@@ -286,7 +286,7 @@ class DicomDataModule(ConvNeXtDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         h = self.hparams
-        return {**super().preprocessing(), "reader": "dicom", "modality_lut": True,
+        return {**super().preprocessing(), "reader": DICOM.name, "modality_lut": True,
                 "input_scaling": "modality LUT values (HU for CT); each window maps to [0, 1]", "window": h.window,
                 "frames": h.frames, "target_spacing": h.target_spacing}
 

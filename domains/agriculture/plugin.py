@@ -1,0 +1,104 @@
+"""What the agriculture domain contributes to core: its GeoTIFF readers for bundles (patches, and
+whole scenes predicted tile by tile) and its model-card wording.
+
+Imports neither torch nor rasterio: the bundle predictor carries this module, and core reads the
+domain's extra from it when rasterio is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.plugins import DomainPlugin
+from core.preprocess import normalize
+from core.readers import InputReader, card_value
+
+EXTRA = "agriculture"
+SCENE_CLASSES = "{stem}_classes.tif"
+
+
+class GeoTiffPatchReader(InputReader):
+    """One GeoTIFF patch with training's bands, indices and nodata; warns on inputs far from
+    the training statistics (other units, another sensor)."""
+
+    name = "geotiff_patch"
+    extensions = (".tif", ".tiff")
+    extra = EXTRA
+    packages = ("rasterio",)
+
+    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+        from rasterio.windows import Window
+
+        from domains.agriculture.bands import BandSpec
+        from domains.agriculture.drift import InputDrift
+
+        spec = BandSpec.from_contract(contract)
+        stack = spec.open_as_trained(str(path), contract)
+        try:
+            image, valid = spec.read(stack, Window(0, 0, stack.width, stack.height))
+        finally:
+            stack.close()
+        drift = InputDrift(contract.get("channel_names") or [f"channel {i}" for i in range(image.shape[2])])
+        drift.add(normalize(image, contract["mean"], contract["std"]).transpose(2, 0, 1), valid)
+        drift.report(str(path))  # a warning in the log for inputs far outside training's statistics
+        return image
+
+
+class GeoTiffSceneReader(GeoTiffPatchReader):
+    """A georeferenced scene of any size, cut into overlapping tiles of the training's
+    ``tile_size`` and blended into a class map with the scene's CRS and transform."""
+
+    name = "geotiff_scene"
+    size_key = "tile_size"
+    tiled = True
+    sample_unit = "spatial blocks of the training scene"
+
+    def predict_scene(self, bundle: Any, path: Path, out: Path, batch_size: int,
+                      write_probabilities: bool = False) -> Path:
+        from domains.agriculture.bands import BandSpec
+        from domains.agriculture.scene import SceneWriter, grid_windows
+
+        contract = bundle.meta["input"]
+        spec = BandSpec.from_contract(contract)
+        stack = spec.open_as_trained(str(path), contract)
+        tile, overlap = int(contract["tile_size"]), int(contract.get("predict_overlap", 0))
+        target = out / SCENE_CLASSES.format(stem=path.stem)
+        probs_path = target.with_name(target.stem + "_probabilities.tif") if write_probabilities else None
+        windows = grid_windows(stack.width, stack.height, tile, overlap)
+        try:
+            # The writer renames its outputs only when the block ends without an error.
+            with SceneWriter(target, {"width": stack.width, "height": stack.height, "crs": stack.crs,
+                                      "transform": stack.transform},
+                             bundle.meta["class_names"], tile, overlap, probs_path,
+                             contract.get("channel_names")) as writer:
+                for start in range(0, len(windows), batch_size):
+                    chunk = windows[start : start + batch_size]
+                    reads = [spec.read(stack, w) for w in chunk]
+                    batch = np.stack([normalize(img, contract["mean"], contract["std"]).transpose(2, 0, 1)
+                                      for img, _ in reads])
+                    for w, (_, valid), x, p in zip(chunk, reads, batch, bundle.probabilities(batch),
+                                                   strict=True):
+                        writer.add(w, p, valid, x)
+        finally:
+            stack.close()
+        return target
+
+    def outputs(self, task: str) -> dict[str, str]:
+        classes = SCENE_CLASSES.removesuffix(".tif")
+        return {SCENE_CLASSES: "class index per pixel (255: no data), georeferenced like the scene",
+                f"{classes}.json": "class names and the input's statistics against training's",
+                f"{classes}_probabilities.tif": "per-class probabilities, with --write-probabilities"}
+
+    def card_input(self, contract: Mapping[str, Any], size: str) -> list[str]:
+        return [f"- **Size**: tiles of {size} pixels; whole scenes are cut into overlapping "
+                f"tiles (overlap {card_value(contract.get('predict_overlap'))}) and blended."]
+
+
+GEOTIFF_PATCH = GeoTiffPatchReader()
+GEOTIFF_SCENE = GeoTiffSceneReader()
+
+PLUGIN = DomainPlugin(name="agriculture", extra=EXTRA, readers=(GEOTIFF_PATCH, GEOTIFF_SCENE))

@@ -1,0 +1,57 @@
+"""What the medical domain contributes to core: its DICOM reader for bundles and its model card.
+
+Imports neither torch nor pydicom: the bundle predictor carries this module, and core reads the
+domain's extra from it when pydicom is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.plugins import DomainPlugin
+from core.readers import InputReader, card_value
+
+EXTRA = "medical"
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima", "")
+# pydicom decodes compressed transfer syntaxes through these plug-ins.
+_DICOM_DECODERS = ("python-gdcm", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+
+
+class DicomReader(InputReader):
+    """One DICOM image through training's path: modality LUT, window(s), frame, spacing."""
+
+    name = "dicom"
+    extensions = DICOM_EXTENSIONS
+    extra = EXTRA
+    packages = ("pydicom", *_DICOM_DECODERS)
+
+    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+        from domains.medical.dicom import read_dicom
+
+        # A model trained on every frame of multi-frame files still predicts one image per file.
+        frames = contract.get("frames", "middle")
+        image = read_dicom(path, window=contract.get("window"), frame=frames if frames != "all" else "middle",
+                           target_spacing=contract.get("target_spacing"))
+        return image.image
+
+    def card_input(self, contract: Mapping[str, Any], size: str) -> list[str]:
+        return [f"- **DICOM**: modality LUT {'on' if contract.get('modality_lut') else 'off'}, "
+                f"window(s) {card_value(contract.get('window'))}, frames "
+                f"{card_value(contract.get('frames'))}, target spacing "
+                f"{card_value(contract.get('target_spacing'))}.",
+                *super().card_input(contract, size)]
+
+
+DICOM = DicomReader()
+
+PLUGIN = DomainPlugin(
+    name="medical",
+    extra=EXTRA,
+    readers=(DICOM,),
+    card_limitations=("- **Not a medical device.** For research only; not validated for clinical "
+                      "use or diagnosis.",),
+)
