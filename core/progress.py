@@ -59,7 +59,9 @@ class EpochSummary(Callback):
             value = float(value)
             better = max if getattr(pl_module, "monitor_mode", "min") == "max" else min
             self._best = value if self._best is None else better(self._best, value)
-            parts.append(f"{monitor} {value:.4f}  best {self._best:.4f}")
+            # A task that monitors its training loss (pretraining) gets "best" only, not the loss twice.
+            shown = "" if monitor == "train/loss" and self._samples else f"{monitor} {value:.4f}  "
+            parts.append(f"{shown}best {self._best:.4f}")
         print("  ".join(parts), file=self.stream or sys.stdout, flush=True)
 
 

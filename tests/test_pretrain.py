@@ -100,7 +100,7 @@ def test_pretraining_sees_only_the_training_split(tmp_path):
     assert not seen.ids & (ids["val"] | ids["test"])
 
 
-def test_pretrain_command_writes_weights_that_fine_tuning_loads(tmp_path, monkeypatch):
+def test_pretrain_command_writes_weights_that_fine_tuning_loads(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _elpv(tmp_path, monkeypatch)
     entry_main(["pretrain", "--config", str(ROOT / "configs" / "manufacturing" / "elpv_pretrain.yaml"),
@@ -108,6 +108,9 @@ def test_pretrain_command_writes_weights_that_fine_tuning_loads(tmp_path, monkey
                 "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",
                 "--trainer.max_epochs=2", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
     run = next((tmp_path / "runs").rglob(WEIGHTS_FILE)).parent
+    # The epoch line shows the loss once: it is both the training loss and the monitored value.
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and all(ln.count("train/loss") == 1 and "best " in ln for ln in lines)
     assert (run / RECONSTRUCTIONS_FILE).stat().st_size > 0
     saved = load_file(str(run / WEIGHTS_FILE))
     assert "stem.0.weight" in saved and saved["stem.0.weight"].shape[1] == 1
