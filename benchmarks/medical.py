@@ -12,6 +12,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,14 +24,21 @@ from domains.medical.ct_contrast import write_manifest
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "medical" / "ct_contrast"
 
 
-def run(seed: int, epochs: int, backbone: str, out: Path) -> dict:
+def run(seed: int, epochs: int, backbone: str, out: Path, pretrain: Callable | None = None) -> dict:
+    """Train on the patient split of ``seed`` and test; ``pretrain(datamodule, encoder_args)``
+    may return a weights file to start from (benchmarks/accuracy.py passes FCMAE)."""
     seed_everything(seed)
     dm = DicomDataModule(manifest=str(write_manifest(REAL, out / "manifest.csv")), label_columns=["contrast"],
                          patient_column=None, window=["abdomen", "lung", "bone"], image_size=128,
                          batch_size=16, val_fraction=0.2, test_fraction=0.3, seed=seed,
                          positive_classes=["True"], augment="flips", num_workers=0)
     dm.setup("fit")
-    task = MedicalClassificationTask(backbone=backbone, in_chans=dm.in_chans, num_classes=2,
+    pretrain_s, pretrained = 0.0, False
+    if pretrain is not None:
+        start = time.perf_counter()
+        pretrained = str(pretrain(dm, {"backbone": backbone}))
+        pretrain_s = time.perf_counter() - start
+    task = MedicalClassificationTask(backbone=backbone, pretrained=pretrained, in_chans=dm.in_chans, num_classes=2,
                                      class_names=dm.class_names, positive_classes=["True"], lr=1e-3,
                                      warmup_epochs=2, drop_path_rate=0.05, label_smoothing=0.1)
     trainer = Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
@@ -38,7 +46,8 @@ def run(seed: int, epochs: int, backbone: str, out: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     result = trainer.test(task, datamodule=dm, verbose=False)[0]
-    return {"sizes": dm.split_sizes(), "fit_s": time.perf_counter() - start, **result}
+    fit_s = time.perf_counter() - start
+    return {"sizes": dm.split_sizes(), "fit_s": fit_s, "finetune_s": fit_s, "pretrain_s": pretrain_s, **result}
 
 
 def main() -> None:
