@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import fnmatch
 import hashlib
 import logging
@@ -33,35 +34,75 @@ log = logging.getLogger(__name__)
 
 
 # ---- sample sources ------------------------------------------------------------------------
-class SampleSource:
-    """Picklable reader of labelled samples (sent to dataloader workers).
+class SampleSource(abc.ABC):
+    """Picklable reader of labelled samples (sent to dataloader workers), and what the data says
+    about itself: class names, channel names and per-sample facts the split needs.
 
-    Subclasses fill ``ids`` (unique, printable, never patient identifiers), ``labels`` and
-    implement :meth:`read_image` returning HWC float32.
+    Subclasses implement :meth:`read_image` returning HWC float32 and pass their samples to
+    ``__init__``; the datamodule reads everything else from here, never from its subclasses.
+
+    Args:
+        ids: one unique, printable id per sample (never a patient identifier).
+        labels: ``(N,)`` class index, or ``(N, K)`` multi-hot.
+        class_names: names of the classes in class-index order (empty for prediction sources).
+        channel_names: names of the input channels (bands) when they carry meaning, else None.
+        groups: per-sample group key (patient, block) kept within one split; None: no groups.
+        split: per-sample split name (train/val/test) when the data fixes it; None: drawn.
+        strata: per-sample stratification key; None: the label.
     """
 
-    ids: list[str]
-    labels: np.ndarray  # (N,) class index, or (N, K) multi-hot
+    def __init__(
+        self,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        *,
+        class_names: Sequence[str] = (),
+        channel_names: Sequence[str] | None = None,
+        groups: Sequence | None = None,
+        split: Sequence[str] | None = None,
+        strata: Sequence | None = None,
+    ) -> None:
+        self.ids = list(ids)
+        self.labels = np.asarray(labels)
+        self.class_names = [str(c) for c in class_names]
+        self.channel_names = list(channel_names) if channel_names is not None else None
+        self.groups = list(groups) if groups is not None else None
+        self.split = list(split) if split is not None else None
+        self.strata = list(strata) if strata is not None else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @abc.abstractmethod
     def read_image(self, index: int) -> np.ndarray:
-        raise NotImplementedError
+        """Sample ``index`` as HWC float32."""
 
     def read(self, index: int) -> dict[str, Any]:
         """One sample: ``image`` (HWC float32), ``label`` or ``mask``, and ``id``."""
         return {"image": self.read_image(index), "label": self.labels[index], "id": self.ids[index]}
 
+    def infer_in_chans(self) -> int:
+        """Input channels: one per channel name, else those of the first sample as read."""
+        if self.channel_names:
+            return len(self.channel_names)
+        return int(self.read_image(0).shape[2])
+
 
 class ImageFileSource(SampleSource):
-    """Image files on disk with class-index labels."""
+    """Image files on disk with class-index labels.
 
-    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, channels: Channels) -> None:
+    Args:
+        paths: the image files.
+        labels: class index per file.
+        channels: ``gray`` or ``rgb``, what every image is converted to.
+        **facts: class names and per-sample facts, as :class:`SampleSource` takes them.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, channels: Channels,
+                 **facts: Any) -> None:
         self.paths = [str(p) for p in paths]
-        self.ids = list(self.paths)
-        self.labels = np.asarray(labels)
         self.channels = channels
+        super().__init__(self.paths, labels, **facts)
 
     def read_image(self, index: int) -> np.ndarray:
         return read_image_file(self.paths[index], self.channels)
@@ -70,10 +111,9 @@ class ImageFileSource(SampleSource):
 class ArraySource(SampleSource):
     """Images already in memory as ``(N, H, W)`` or ``(N, H, W, C)`` arrays."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: Sequence[str]) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: Sequence[str], **facts: Any) -> None:
         self.images = images
-        self.labels = np.asarray(labels)
-        self.ids = list(ids)
+        super().__init__(ids, labels, **facts)
 
     def read_image(self, index: int) -> np.ndarray:
         image = scale_to_unit(self.images[index])
@@ -312,8 +352,16 @@ def resolve_paths(rows: list[dict[str, str]], column: str, base: Path) -> list[P
 
 
 # ---- the datamodule ------------------------------------------------------------------------
-class ConvNeXtDataModule(LightningDataModule):
-    """Base datamodule. Subclasses implement :meth:`build_source` (and set class names).
+class ConvNeXtDataModule(LightningDataModule, abc.ABC):
+    """Base datamodule: owns the lifecycle, subclasses only describe their data.
+
+    A subclass implements :meth:`build_source`, returning a :class:`SampleSource` that carries
+    the samples, the class names, the channel names and the per-sample facts the split needs
+    (groups, a given split, strata). The base builds that source once, on first use: in
+    :meth:`setup`, or earlier when LightningCLI links ``class_names``/``in_chans``/
+    ``channel_names`` into the model before any setup. :meth:`setup` then draws and checks the
+    splits once; hooks (:meth:`strata`, :meth:`groups`, :meth:`given_split`,
+    :meth:`refine_splits`) may adjust them.
 
     Args:
         image_size: network input size (int or [h, w]).
@@ -357,44 +405,64 @@ class ConvNeXtDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.mean, self.std = mean, std
         self._source: SampleSource | None = None
-        self.splits: dict[str, np.ndarray] | None = None
-        self._class_names: list[str] = []
+        self._in_chans: int | None = None
+        self._splits: dict[str, np.ndarray] | None = None
         # (path, reason) of every file left out under ``on_bad_file: skip`` (see core.filescan);
         # written to skipped_files.csv in the run directory.
         self.skipped: list[tuple[str, str]] = []
 
     # -- what subclasses provide --
+    @abc.abstractmethod
     def build_source(self) -> SampleSource:
-        """Create the sample source and set ``self._class_names``."""
-        raise NotImplementedError
+        """Read the sample list and return its source, with class names (and channel names
+        where they carry meaning). Called once; the base caches the result."""
 
     def strata(self) -> Sequence:
-        """Per-sample stratification key; default the label."""
+        """Per-sample stratification key: the source's ``strata``, else the label."""
+        if self.source.strata is not None:
+            return self.source.strata
         labels = self.source.labels
         return [tuple(row) for row in labels] if labels.ndim > 1 else list(labels)
 
     def groups(self) -> Sequence | None:
-        """Per-sample group key (patient, block) kept within one split; default none."""
-        return None
+        """Per-sample group key (patient, block) kept within one split: the source's."""
+        return self.source.groups
 
     def given_split(self) -> Sequence[str] | None:
-        """Per-sample split names when the data fixes them; default none (random split)."""
-        return None
+        """Per-sample split names when the data fixes them (the source's), else None."""
+        return self.source.split
+
+    def refine_splits(self, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Adjust the drawn splits once before they are checked; default unchanged."""
+        return splits
 
     def predict_source(self, paths: list[Path]) -> SampleSource:
-        raise NotImplementedError(f"{type(self).__name__} cannot predict on files")
+        raise DataError(f"{type(self).__name__} cannot predict on files; see its documentation "
+                        "for what it predicts on")
 
     # -- derived facts linked to the model --
     @property
     def source(self) -> SampleSource:
+        """The sample source, built by :meth:`build_source` on first use and kept."""
         if self._source is None:
-            self._source = self.build_source()
+            self._source = self._checked(self.build_source())
         return self._source
+
+    def _checked(self, source: SampleSource) -> SampleSource:
+        where = f"{type(self).__name__}.build_source"
+        if not isinstance(source, SampleSource):
+            raise TypeError(f"{where} returned a {type(source).__name__}, expected a SampleSource")
+        if len(source) == 0:
+            raise DataError(f"{where} found no samples; check the data settings")
+        if len(source.labels) != len(source):
+            raise ValueError(f"{where}: {len(source.labels)} labels for {len(source)} samples")
+        if not source.class_names:
+            raise ValueError(f"{where} returned a source without class_names")
+        return source
 
     @property
     def class_names(self) -> list[str]:
-        _ = self.source
-        return self._class_names
+        return list(self.source.class_names)
 
     @property
     def num_classes(self) -> int:
@@ -402,12 +470,15 @@ class ConvNeXtDataModule(LightningDataModule):
 
     @property
     def in_chans(self) -> int:
-        return int(self.source.read_image(0).shape[2])
+        if self._in_chans is None:
+            self._in_chans = self.source.infer_in_chans()
+        return self._in_chans
 
     @property
     def channel_names(self) -> list[str] | None:
         """Names of the input channels (bands); None when they carry no meaning."""
-        return None
+        names = self.source.channel_names
+        return list(names) if names is not None else None
 
     @property
     def positive_classes(self) -> list[str] | None:
@@ -416,20 +487,34 @@ class ConvNeXtDataModule(LightningDataModule):
 
     # -- splits and statistics --
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is None:
-            given = self.given_split()
-            if given is not None:
-                self.splits = split_from_column(given)
-            else:
-                h = self.hparams
-                self.splits = stratified_split(self.strata(), h.val_fraction, h.test_fraction,
-                                               h.seed, self.groups())
-            sizes = {s: len(v) for s, v in self.splits.items()}
-            log.info("split sizes %s", sizes)
-            if sizes["train"] == 0:
-                raise DataError(f"the training split is empty ({sizes}); add data or lower "
-                                "val_fraction/test_fraction")
+        """Build the source and the splits (once), and report skipped files."""
+        self._ensure_splits()
         self.write_skipped_report()
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        """Sample indices per split (train/val/test), drawn once on first use."""
+        return self._ensure_splits()
+
+    def _ensure_splits(self) -> dict[str, np.ndarray]:
+        if self._splits is None:
+            self._splits = self._draw_splits()
+        return self._splits
+
+    def _draw_splits(self) -> dict[str, np.ndarray]:
+        given = self.given_split()
+        if given is not None:
+            splits = split_from_column(given)
+        else:
+            h = self.hparams
+            splits = stratified_split(self.strata(), h.val_fraction, h.test_fraction, h.seed, self.groups())
+        splits = self.refine_splits(splits)
+        sizes = {s: len(v) for s, v in splits.items()}
+        log.info("split sizes %s", sizes)
+        if sizes["train"] == 0:
+            raise DataError(f"the training split is empty ({sizes}); add data or lower "
+                            "val_fraction/test_fraction")
+        return splits
 
     def teardown(self, stage: str) -> None:
         self.write_skipped_report()
@@ -443,7 +528,6 @@ class ConvNeXtDataModule(LightningDataModule):
 
     @property
     def train_indices(self) -> np.ndarray:
-        self.setup()
         return self.splits["train"]
 
     def train_class_counts(self) -> list[int]:
@@ -489,7 +573,6 @@ class ConvNeXtDataModule(LightningDataModule):
                           collate_fn=partial(collate_samples, ragged_keys=self.ragged_keys))
 
     def dataset(self, split: str) -> TransformedDataset:
-        self.setup()
         self.ensure_stats()
         h = self.hparams
         transform = (train_transform(h.image_size, self.mean, self.std, h.augment) if split == "train"
@@ -571,7 +654,6 @@ class ConvNeXtDataModule(LightningDataModule):
         }
 
     def split_sizes(self) -> dict[str, int]:
-        self.setup()
         return {s: int(len(self.splits[s])) for s in SPLITS}
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +23,6 @@ from domains.agriculture.sources import (
     dominant_weights,
     profile_of,
 )
-
-log = logging.getLogger(__name__)
 
 
 class RandomTiles(Dataset):
@@ -73,19 +70,13 @@ class SceneWindows(Dataset):
 
 
 class _BandsMixin:
-    """Band options shared by the agriculture datamodules."""
+    """Band options shared by the agriculture datamodules.
+
+    Their sources name the channels for the model: band roles where evidence gives them, else
+    band names (:meth:`BandSpec.channel_names`); red/green/blue get pretrained RGB stem filters.
+    """
 
     spec: BandSpec
-
-    @property
-    def channel_names(self) -> list[str]:
-        """Channel names for the model: band roles where evidence gives them, else band names
-        (:meth:`BandSpec.channel_names`); red/green/blue get pretrained RGB stem filters."""
-        return self.spec.channel_names(self.source.stack)
-
-    @property
-    def in_chans(self) -> int:
-        return len(self.channel_names)
 
     def band_contract(self) -> dict[str, Any]:
         return {"input_scaling": "band values as stored in the GeoTIFF; nodata masked",
@@ -181,29 +172,24 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         if class_labels is not None and len(class_labels) != len(class_values):
             raise DataError(f"{len(class_labels)} class_labels for {len(class_values)} class_values")
         self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []), sensor)
-        self._class_names = list(class_labels or [f"class_{v}" for v in class_values])
 
     def build_source(self) -> SceneTileSource:
+        """The scene's tiles in spatial blocks, labelled from the label raster."""
         h = self.hparams
         stack = self.spec.open(h.image)
         label = LabelRaster(h.labels, stack, h.class_values, h.ignore_index, h.reproject_labels)
-        self._label_warnings = label.warnings
+        names = h.class_labels or [f"class_{v}" for v in h.class_values]
         source = SceneTileSource(stack, self.spec, label, h.tile_size, h.block_size,
-                                 len(h.class_values), h.ignore_index)
+                                 len(h.class_values), h.ignore_index, class_names=names)
         if source.class_pixels.sum() == 0:
             raise DataError(f"label raster '{h.labels}' has no pixel with a value in class_values "
                             f"{list(h.class_values)}; check class_values and the label nodata")
         return source
 
     @property
-    def class_names(self) -> list[str]:
-        return self._class_names
-
-    @property
     def label_warnings(self) -> list[str]:
         """Problems with the label raster that were reported rather than fatal."""
-        _ = self.source
-        return self._label_warnings
+        return self.source.label.warnings
 
     def strata(self) -> list[int]:
         """Each tile is stratified by the rarest class present in its block (-1: no labels).
@@ -221,18 +207,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         rarest = np.where(per_block.sum(axis=1) > 0, rarity.argmin(axis=1), -1)
         return rarest[blocks].tolist()
 
-    def groups(self) -> list[int]:
-        return self.source.blocks
-
-    def setup(self, stage: str | None = None) -> None:
-        first = self.splits is None
-        super().setup(stage)
-        if first:
-            # Evaluation tiles without any labelled pixel would only cost time.
-            labelled = self.source.labels >= 0
-            for split in ("val", "test"):
-                self.splits[split] = self.splits[split][labelled[self.splits[split]]]
-            log.info("spatial-block split: %s tiles", {s: len(v) for s, v in self.splits.items()})
+    def refine_splits(self, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluation tiles without any labelled pixel are dropped: they would only cost time."""
+        labelled = self.source.labels >= 0
+        return {s: idx if s == "train" else idx[labelled[idx]] for s, idx in splits.items()}
 
     def train_class_counts(self) -> list[int]:
         return self.source.class_pixels[self.train_indices].sum(axis=0).tolist()
@@ -243,7 +221,6 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
             raise DataError("unlabelled_paths is not supported for scene tiles; pretrain on the training "
                             "blocks of the labelled scene, or on unlabelled patches with "
                             "GeoTiffFolderDataModule")
-        self.setup()
         self.ensure_stats()
         idx = self.splits["train"]
         weights = dominant_weights(self.source.class_pixels[idx], h.oversample)
@@ -315,10 +292,10 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []), sensor)
 
     def build_source(self) -> PatchFolderSource:
+        """One sample per patch; the class folders are the classes."""
         files, names, classes = scan_class_folders(self.hparams.root, (".tif", ".tiff"))
-        self._class_names = classes
         labels = np.array([classes.index(n) for n in names], dtype=np.int64)
-        return PatchFolderSource(files, labels, self.spec)
+        return PatchFolderSource(files, labels, self.spec, class_names=classes)
 
     def predict_source(self, paths: list[Path]) -> PatchFolderSource:
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,

@@ -36,7 +36,7 @@ class SceneTileSource(SampleSource):
     """
 
     def __init__(self, stack: RasterStack, spec: BandSpec, label: LabelRaster | None, tile: int,
-                 block: int, num_classes: int, ignore_index: int) -> None:
+                 block: int, num_classes: int, ignore_index: int, **facts: Any) -> None:
         self.stack, self.spec, self.label = stack, spec, label
         self.tile, self.block, self.ignore_index = tile, block, ignore_index
         self.windows: list[Window] = []
@@ -50,7 +50,7 @@ class SceneTileSource(SampleSource):
                 for tc in range(c, c + int(bw.width), tile):
                     self.windows.append(Window(tc, tr, tile, tile))
                     self.blocks.append(b)
-        self.ids = [f"r{int(w.row_off)}_c{int(w.col_off)}" for w in self.windows]
+        ids = [f"r{int(w.row_off)}_c{int(w.col_off)}" for w in self.windows]
         self.class_pixels = np.zeros((len(self.windows), num_classes), dtype=np.int64)
         if label is not None:
             for i, w in enumerate(self.windows):
@@ -58,7 +58,8 @@ class SceneTileSource(SampleSource):
                 mask = mask[mask != ignore_index]
                 self.class_pixels[i] = np.bincount(mask, minlength=num_classes)[:num_classes]
         has = self.class_pixels.sum(axis=1) > 0
-        self.labels = np.where(has, self.class_pixels.argmax(axis=1), -1)
+        super().__init__(ids, np.where(has, self.class_pixels.argmax(axis=1), -1), groups=self.blocks,
+                         channel_names=spec.channel_names(stack), **facts)
 
     def read_window(self, window: Window, sample_id: str, clip: Window | None = None) -> dict[str, Any]:
         """Image and mask of ``window``; pixels outside ``clip`` (its block) count as nodata."""
@@ -92,10 +93,8 @@ class PatchFolderSource(SampleSource):
 
     def __init__(self, paths: Sequence[Path], labels: np.ndarray, spec: BandSpec,
                  like: RasterStack | None = None,
-                 reference: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+                 reference: tuple[Sequence[float], Sequence[float]] | None = None, **facts: Any) -> None:
         self.paths = [str(p) for p in paths]
-        self.ids = list(self.paths)
-        self.labels = np.asarray(labels)
         self.spec = spec
         self.stack = spec.open(self.paths[0])  # validates bands and indices on the first patch
         self._trained_on = "the training patches have" if like is not None else f"'{self.paths[0]}' has"
@@ -103,6 +102,7 @@ class PatchFolderSource(SampleSource):
         check_same_bands(self.stack, self.like.names, self.like.file_band_count, self.paths[0],
                          self._trained_on)
         self.reference = reference
+        super().__init__(self.paths, labels, channel_names=spec.channel_names(self.stack), **facts)
 
     def read_image(self, index: int) -> np.ndarray:
         stack = self.spec.open(self.paths[index])

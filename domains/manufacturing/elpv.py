@@ -57,27 +57,22 @@ class ELPVDataModule(ConvNeXtDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
-        self.cell_types: list[str] = []
 
     def build_source(self) -> ImageFileSource:
+        """The cells of ``cell_type``, stratified by defect level and cell type."""
         paths, probs, types = elpv_records()
         keep = [i for i, t in enumerate(types) if self.hparams.cell_type in ("all", t)]
         levels = np.rint(probs[keep] * 3).astype(int)  # 0, 1/3, 2/3, 1 -> 0..3
         if self.hparams.label_mode == "binary":
-            labels, self._class_names = (probs[keep] >= 0.5).astype(int), list(BINARY_CLASSES)
+            labels, classes = (probs[keep] >= 0.5).astype(int), BINARY_CLASSES
         else:
-            labels, self._class_names = levels, list(FOUR_CLASSES)
-        self.cell_types = [types[i] for i in keep]
-        self._levels = levels
-        return ImageFileSource([paths[i] for i in keep], labels, channels="gray")
-
-    def strata(self) -> list[str]:
-        _ = self.source
-        return [f"{level}-{kind}" for level, kind in zip(self._levels, self.cell_types, strict=True)]
+            labels, classes = levels, FOUR_CLASSES
+        kinds = [types[i] for i in keep]
+        return ImageFileSource([paths[i] for i in keep], labels, channels="gray", class_names=classes,
+                               strata=[f"{level}-{kind}" for level, kind in zip(levels, kinds, strict=True)])
 
     @property
     def positive_classes(self) -> list[str]:
-        _ = self.source
         return ["defective"] if self.hparams.label_mode == "binary" else FOUR_CLASSES[2:]
 
     def predict_source(self, paths: list[Path]) -> ImageFileSource:

@@ -77,7 +77,6 @@ class DefectFolderDataModule(ConvNeXtDataModule):
         if (root is None) == (manifest is None):
             raise DataError("give exactly one of data.init_args.root (class folders) or "
                             "data.init_args.manifest (CSV with path,label)")
-        self._given_split: list[str] | None = None
 
     # -- the sample list --
     def _from_folders(self) -> tuple[list[Path], list[str], list[str], None]:
@@ -131,20 +130,14 @@ class DefectFolderDataModule(ConvNeXtDataModule):
             raise DataError("no readable images left; see the skipped files above")
         labels, classes = encode_labels([names[i] for i in keep], h.class_order, [where[i] for i in keep])
         warn_rare_classes(labels, classes)
-        self._class_names = classes
-        self._given_split = [split[i] for i in keep] if split is not None else None
         kept = [infos[i] for i in keep]
         channels = h.channels or majority_channels(kept)
         describe_images(kept, channels, h.image_size)
-        return ImageFileSource([files[i] for i in keep], labels, channels)
-
-    def given_split(self) -> list[str] | None:
-        _ = self.source
-        return self._given_split
+        return ImageFileSource([files[i] for i in keep], labels, channels, class_names=classes,
+                               split=[split[i] for i in keep] if split is not None else None)
 
     @property
     def positive_classes(self) -> list[str] | None:
-        _ = self.source
         if self.hparams.good_class not in self.class_names:
             # Guessing would put the operating point on the wrong class (the task's default
             # positive is the second class name, e.g. 'ok' of ['ng', 'ok']).

@@ -73,9 +73,10 @@ class DicomSource(SampleSource):
     """DICOM samples: one per file, per frame, or per slice of a series."""
 
     def __init__(self, paths: list[Path], frames: list[int | str], labels: np.ndarray, ids: list[str],
-                 read_args: dict[str, Any]) -> None:
-        self.paths, self.frames, self.labels, self.ids = [str(p) for p in paths], frames, labels, ids
+                 read_args: dict[str, Any], **facts: Any) -> None:
+        self.paths, self.frames = [str(p) for p in paths], frames
         self.read_args = read_args
+        super().__init__(ids, labels, **facts)
 
     def read_image(self, index: int) -> np.ndarray:
         return read_dicom(self.paths[index], frame=self.frames[index], **self.read_args).image
@@ -136,8 +137,6 @@ class DicomDataModule(ConvNeXtDataModule):
         if (manifest is None) == (root is None):
             raise DataError("give exactly one of data.init_args.manifest (CSV) or data.init_args.root "
                             "(one sub-folder of DICOMs per class)")
-        self.skipped: list[tuple[str, str]] = []
-        self._groups: list[str] = []
 
     # -- building the sample list --
     @property
@@ -197,12 +196,12 @@ class DicomDataModule(ConvNeXtDataModule):
 
         return sorted(files, key=position)[len(files) // 2]
 
-    def _encode(self, raw: list[Any]) -> np.ndarray:
+    def _encode(self, raw: list[Any]) -> tuple[np.ndarray, list[str]]:
+        """Class indices (or multi-hot rows) of the raw targets, and the class names."""
         h = self.hparams
         if self.multilabel:
-            self._class_names = list(h.label_columns)
             try:
-                return np.array([[int(float(v)) for v in r] for r in raw], dtype=np.int64)
+                return np.array([[int(float(v)) for v in r] for r in raw], dtype=np.int64), list(h.label_columns)
             except ValueError as err:
                 raise DataError(f"multilabel columns {h.label_columns} must hold 0/1 values ({err})") from err
         values = sorted(set(raw))
@@ -212,14 +211,14 @@ class DicomDataModule(ConvNeXtDataModule):
             raise DataError(f"labels {unknown} are not in class_order {names}; add them or fix the rows")
         if len(names) < 2:
             raise DataError(f"only one class ({names}) in the labels; a classifier needs two or more")
-        self._class_names = names
-        return np.array([names.index(v) for v in raw], dtype=np.int64)
+        return np.array([names.index(v) for v in raw], dtype=np.int64), names
 
     def _read_args(self) -> dict[str, Any]:
         h = self.hparams
         return {"window": h.window, "target_spacing": h.target_spacing}
 
     def build_source(self) -> DicomSource:
+        """One sample per file, frame or series slice; patients are the split groups."""
         h = self.hparams
         paths, raw, patients = self._rows()
         keep_paths, frames, keep_raw, keep_patients = [], [], [], []
@@ -235,9 +234,8 @@ class DicomDataModule(ConvNeXtDataModule):
         self._report_skipped()
         if not keep_paths:
             raise DataError("no readable DICOM files left; see the reasons above")
-        self._groups = keep_patients
         ids = [self._sample_id(p, f) for p, f in zip(keep_paths, frames, strict=True)]
-        return self.make_source(keep_paths, frames, keep_raw, ids)
+        return self.make_source(keep_paths, frames, keep_raw, ids, keep_patients)
 
     def _usable(self, path: Path, frame: int | str) -> bool:
         """In skip mode, decode once (truncated data only shows when pixels are read)."""
@@ -254,8 +252,11 @@ class DicomDataModule(ConvNeXtDataModule):
         log_skipped(self.skipped, "DICOM file")
 
     def make_source(self, paths: list[Path], frames: list[int | str], targets: list[Any],
-                    ids: list[str]) -> DicomSource:
-        return DicomSource(paths, frames, self._encode(targets), ids, self._read_args())
+                    ids: list[str], patients: list[str]) -> DicomSource:
+        """The source of the kept samples; ``patients`` are their (hashed) split groups."""
+        labels, classes = self._encode(targets)
+        return DicomSource(paths, frames, labels, ids, self._read_args(), class_names=classes,
+                           groups=patients)
 
     def _sample_id(self, path: Path, frame: int | str) -> str:
         if self.hparams.id_field == "sop_instance_uid":
@@ -265,10 +266,6 @@ class DicomDataModule(ConvNeXtDataModule):
         else:
             key = str(path)
         return key if self.hparams.frames != "all" else f"{key}#frame{frame}"
-
-    def groups(self) -> list[str]:
-        _ = self.source
-        return self._groups
 
     @property
     def positive_classes(self) -> list[str] | None:
@@ -300,12 +297,12 @@ class DicomMaskSource(DicomSource):
 
     def __init__(self, paths: list[Path], frames: list[int | str], masks: list[Path], ids: list[str],
                  read_args: dict[str, Any], mask_values: list[int] | None,
-                 segment_overlap: SegmentOverlap = "error") -> None:
+                 segment_overlap: SegmentOverlap = "error", **facts: Any) -> None:
         self.paths, self.frames = [str(p) for p in paths], frames
         self.masks, self.mask_values, self.segment_overlap = [str(m) for m in masks], mask_values, segment_overlap
         self._sources: dict[int, SourceImage] = {}
         foreground = np.array([int((self.read_mask(i) > 0).any()) for i in range(len(masks))])
-        super().__init__(paths, frames, foreground, ids, read_args)
+        super().__init__(paths, frames, foreground, ids, read_args, **facts)
 
     def source_image(self, index: int) -> SourceImage:
         """The image (SOP Instance UID, frame) whose DICOM SEG frames sample ``index`` uses."""
@@ -380,21 +377,21 @@ class DicomSegmentationDataModule(DicomDataModule):
         super().__init__(**kwargs)
         if self.hparams.root is not None:
             raise DataError("segmentation needs a manifest with a mask column, not class folders")
-        foreground = foreground_names or [f"class_{v}" for v in (mask_values or [1])]
+        foreground = self.segment_names()[1:]
         if mask_values is not None and len(foreground) != len(mask_values):
             raise DataError(f"{len(foreground)} foreground_names for {len(mask_values)} mask_values")
-        self._class_names = ["background", *foreground]
         if predict_format not in PREDICT_FORMATS:
             raise DataError(f"predict_format '{predict_format}' is not one of {list(PREDICT_FORMATS)}")
         self.predict_format = predict_format
 
     @property
-    def class_names(self) -> list[str]:
-        return self._class_names
-
-    @property
     def multilabel(self) -> bool:
         return False
+
+    def segment_names(self) -> list[str]:
+        """``background`` and the foreground class names, in class-index order."""
+        h = self.hparams
+        return ["background", *(h.foreground_names or [f"class_{v}" for v in (h.mask_values or [1])])]
 
     def target_columns(self) -> list[str]:
         return [self.hparams.mask_column]
@@ -408,9 +405,11 @@ class DicomSegmentationDataModule(DicomDataModule):
         return mask
 
     def make_source(self, paths: list[Path], frames: list[int | str], targets: list[Any],
-                    ids: list[str]) -> DicomMaskSource:
+                    ids: list[str], patients: list[str]) -> DicomMaskSource:
+        """Images with their masks; the classes come from the settings, not the masks."""
         return DicomMaskSource(paths, frames, targets, ids, self._read_args(), self.hparams.mask_values,
-                               self.hparams.segment_overlap)
+                               self.hparams.segment_overlap, class_names=self.segment_names(),
+                               groups=patients)
 
     def train_class_counts(self) -> list[int]:
         counts = np.zeros(self.num_classes, dtype=np.int64)
