@@ -1,9 +1,9 @@
 """The ``convnext-domains`` command: dispatch before importing anything heavy.
 
-``export`` and ``predict --bundle`` have their own parsers; ``predict --bundle`` must run where
-torch is not installed, so this module imports nothing from the training stack. Everything
-else (fit, validate, test, predict with a config) goes to the LightningCLI. Errors in the
-user's data, weights or settings end as one ``error:`` line; ``--verbose`` (or
+``export``, ``predict --bundle`` and ``new-domain`` have their own parsers; ``predict --bundle``
+must run where torch is not installed, so this module imports nothing from the training stack.
+Everything else (fit, validate, test, predict with a config) goes to the LightningCLI. Errors in
+the user's data, weights or settings end as one ``error:`` line; ``--verbose`` (or
 ``CONVNEXT_DOMAINS_VERBOSE=1``) shows the traceback instead.
 """
 
@@ -25,12 +25,15 @@ training and evaluation (LightningCLI; `convnext-domains COMMAND --help` lists e
   validate   --config CONFIG.yaml --ckpt_path CKPT                    metrics on the validation split
   test       --config CONFIG.yaml --ckpt_path CKPT                    metrics and report on the test split
   predict    --config CONFIG.yaml --ckpt_path CKPT                    predictions with the training stack
-  pretrain   --config CONFIG.yaml   self-supervised FCMAE on the training images (a `fit` of
-             core.pretrain.FCMAETask; writes fcmae_encoder.safetensors for `pretrained: PATH`)
+  pretrain   --config CONFIG.yaml                                     FCMAE self-supervised; weights for `pretrained: PATH`
 
 bundles (a trained model another team runs without our training code):
   export --ckpt CKPT --out DIR                 checkpoint -> ONNX bundle (`export --help`)
   predict --bundle DIR INPUT... --out OUT      run a bundle, no torch needed (`predict --bundle X --help`)
+  bundle verify DIR                            check a bundle's metadata against its schema and hashes
+
+domains:
+  new-domain NAME --from DOMAIN [--into DIR] [--dry-run]   clone a domain into a new, tested one
 
 options for every command:
   --verbose, -v   show the full traceback of an error instead of one `error:` line
@@ -50,6 +53,10 @@ def _dispatch(args: list[str], from_argv: bool) -> None:
         from core.export import main as export_main
 
         export_main(args[1:])
+    elif args[:1] == ["new-domain"]:
+        from core.new_domain import main as new_domain_main
+
+        new_domain_main(args[1:])
     elif args[:1] == ["predict"] and any(a == "--bundle" or a.startswith("--bundle=") for a in args):
         from core.predict_bundle import main as predict_main
 

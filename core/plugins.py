@@ -2,10 +2,10 @@
 
 A domain declares itself in one place, the ``PLUGIN`` object of its ``plugin`` module
 (``domains/medical/plugin.py`` -> ``domains.medical.plugin:PLUGIN``): the pip extra its code
-needs, its input readers for bundles and its model-card section. core finds the plug-in of a
-task or reader from its dotted path (the nearest package above it that has a ``plugin``
-module), so core never names a domain. The ``plugin`` module must import without torch or the
-domain's extra, so that a missing extra can still be named.
+needs, its input readers for bundles, its model-card section and its test modules. core finds
+the plug-in of a task or reader from its dotted path (the nearest package above it that has a
+``plugin`` module), so core never names a domain. The ``plugin`` module must import without
+torch or the domain's extra, so that a missing extra can still be named.
 """
 
 from __future__ import annotations
@@ -32,8 +32,15 @@ class DomainPlugin:
     """The input readers it provides for bundles."""
     card_limitations: tuple[str, ...] = ()
     """Lines for the ``Limitations`` section of its models' cards (markdown list items)."""
+    tests: tuple[str, ...] = ()
+    """Its test modules, as paths under the project's ``tests/`` folder: ``new-domain`` copies
+    them with the domain (shared helpers such as ``conftest.py`` stay shared)."""
 
     def __post_init__(self) -> None:
+        for test in self.tests:
+            if not test.endswith(".py") or test.startswith("/") or ".." in test.split("/"):
+                raise ValueError(f"domain plug-in '{self.name}' lists test '{test}'; give a .py "
+                                 "path relative to tests/, such as 'test_retail.py'")
         for reader in self.readers:
             if reader.extra not in (None, self.extra):
                 raise ValueError(f"domain plug-in '{self.name}' needs extra {self.extra}, but its "

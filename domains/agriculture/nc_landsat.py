@@ -12,7 +12,8 @@ from typing import Any
 BAND_FILES = ["lsat7_2000_10.tif", "lsat7_2000_20.tif", "lsat7_2000_30.tif",
               "lsat7_2000_40.tif", "lsat7_2000_50.tif", "lsat7_2000_70.tif"]
 BAND_NAMES = ["blue", "green", "red", "nir", "swir1", "swir2"]
-CLASS_NAMES = ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"]
+# A land-cover class named like this domain: a clone keeps it.
+CLASS_NAMES = ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"]  # new-domain: keep
 LABELS = "landsat96_labelled_pixels.tif"
 
 

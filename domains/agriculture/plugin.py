@@ -101,4 +101,6 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
 GEOTIFF_PATCH = GeoTiffPatchReader()
 GEOTIFF_SCENE = GeoTiffSceneReader()
 
-PLUGIN = DomainPlugin(name="agriculture", extra=EXTRA, readers=(GEOTIFF_PATCH, GEOTIFF_SCENE))
+PLUGIN = DomainPlugin(name="agriculture", extra=EXTRA, readers=(GEOTIFF_PATCH, GEOTIFF_SCENE),
+                      tests=("test_agriculture.py", "test_agriculture_inputs.py",
+                             "test_agriculture_configs.py"))

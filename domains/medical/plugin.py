@@ -52,6 +52,9 @@ PLUGIN = DomainPlugin(
     name="medical",
     extra=EXTRA,
     readers=(DICOM,),
-    card_limitations=("- **Not a medical device.** For research only; not validated for clinical "
+    # A regulatory category, not this domain's name: a clone keeps the wording.
+    card_limitations=("- **Not a medical device.** For research only; not validated for clinical "  # new-domain: keep
                       "use or diagnosis.",),
+    tests=("test_medical.py", "test_medical_segmentation.py", "test_dicom.py",
+           "test_medical_configs.py"),
 )
