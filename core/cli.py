@@ -32,6 +32,10 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
+# Datamodule facts linked into the model's init_args: configs never repeat them.
+LINKED_FROM_DATA = ("num_classes", "in_chans", "class_names", "channel_names")
+
+
 class ConvNeXtCLI(LightningCLI):
     """LightningCLI in subclass mode: any task and datamodule of this project by ``class_path``.
 
@@ -60,7 +64,7 @@ class ConvNeXtCLI(LightningCLI):
                                            callbacks=given + shown + self._extra_callbacks, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in ("num_classes", "in_chans", "class_names", "channel_names"):
+        for name in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 

@@ -44,6 +44,12 @@ class SegmentationTask(ConvNeXtTask):
     ``forward`` returns logits at the input resolution; inputs whose size is not a multiple of
     the coarsest stride (32) are zero-padded internally and the logits cropped back.
 
+    Metrics per split, over labelled pixels only (``ignore_index`` excluded), from the argmax
+    class map: ``miou`` (mean IoU over all classes, background included; the checkpoint
+    monitor), ``iou_<class>``, ``acc`` (overall pixel accuracy), ``macc`` (mean per-class
+    accuracy) and ``f1`` (macro F1). ``test`` writes ``metrics.json`` with per-class IoU,
+    precision, recall and the pixel confusion matrix.
+
     Args:
         head: decoder, ``"upernet"`` (PPM + FPN + fusion, as in the ConvNeXt paper) or the
             lighter ``"fpn"``.

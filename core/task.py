@@ -38,7 +38,10 @@ class ConvNeXtTask(LightningModule):
         channel_names: input channel names, e.g. bands (linked from the datamodule); channels
             named red/green/blue (or r/g/b) get the matching pretrained stem filters, other
             named channels the mean filter.
-        pretrained: ``False``, ``True`` (timm hub, needs network) or a local weights file.
+        pretrained: ``false``; ``true`` (timm's weights for ``backbone`` from the Hugging Face
+            hub cache, else a download that gives up after ``CONVNEXT_DOMAINS_HUB_TIMEOUT``
+            seconds); or a local ``.safetensors``/``.pth``/``.pt``/``.bin`` file. The stem is
+            adapted to ``in_chans``; a classifier of another shape is not loaded.
         drop_path_rate: stochastic depth.
         lr: peak learning rate of the head; earlier layers get ``lr * layer_decay**depth``.
         weight_decay: AdamW weight decay (never applied to norms and biases).

@@ -87,9 +87,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
     """Semantic segmentation of a multispectral scene with a label raster on the same grid.
 
     The scene is cut into square spatial blocks of ``block_size`` pixels; whole blocks go to
-    train, val or test (stratified by their dominant class, seeded), so neighbouring pixels
-    never straddle splits. Training draws ``samples_per_epoch`` random tiles inside training
-    blocks; val/test use the regular tile grid of their blocks (tiles without labels skipped).
+    train, val or test (stratified by the rarest class present in each block, seeded), so
+    neighbouring pixels never straddle splits. Training draws ``samples_per_epoch`` random
+    tiles inside training blocks; val/test use the regular tile grid of their blocks (tiles
+    without labels skipped).
     Normalisation statistics come from the training blocks, ignoring nodata.
 
     Args:
@@ -269,8 +270,18 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
 
     Args:
         root: folder with one sub-folder of GeoTIFF patches per class.
-        bands, band_names, band_roles, sensor, nodata, indices: band handling as in
-            :class:`SceneSegmentationDataModule`.
+        bands: bands to use, by name or 1-based index (default all); every patch must have
+            the bands of the first one.
+        band_names: names of the bands of the patches, e.g. [blue, green, red, nir].
+        band_roles: map roles (red, nir, green, swir1, ...) to band names for spectral indices
+            when the names are not the roles themselves, e.g. ``{red: B4, nir: B8}``; never
+            guessed from band positions.
+        sensor: ``sentinel2``, ``landsat8``, ``landsat9``, ``landsat7`` or ``landsat5``: read
+            band names such as B4/B04 as that sensor's band numbers to find the roles.
+        nodata: nodata value overriding the files' own.
+        indices: spectral indices to append as channels (NDVI, NDWI, NDMI, NDBI, NBR, SAVI).
+        augment: training augmentation level; ``dihedral`` (flips and 90° rotations) suits
+            overhead imagery, which has no "up".
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
     """
 
