@@ -284,9 +284,8 @@ def _linked() -> tuple[str, ...]:
 def render_class(doc: ClassDoc, parent: ClassDoc | None) -> list[str]:
     lines = [f"#### `{doc.name}`", ""]
     lines += [p for paragraph in class_description(doc.cls) for p in (paragraph, "")]
+    # Not the configs that use it: adding an example config must not make the README stale.
     facts = [f"Defined in `{doc.source_file}`"]
-    if doc.configs:
-        facts.append("used by " + ", ".join(f"`{c}`" for c in doc.configs))
     if parent is not None:
         facts.append(f"also takes every key of `{parent.name}`")
     lines += ["; ".join(facts) + ".", ""]
