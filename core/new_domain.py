@@ -192,24 +192,16 @@ def write_clone(plan: ClonePlan) -> list[Path]:
 
 
 def summary(plan: ClonePlan, dry_run: bool) -> str:
-    """What was (or would be) written, folder by folder, and what to do next."""
-    groups: dict[str, int] = {}
-    for path in plan.files:
-        parts = path.split("/")
-        key = "/".join(parts[:2]) + "/" if parts[0] != TESTS else path
-        groups[key] = groups.get(key, 0) + 1
+    """The files written (or, for a dry run, that would be), and what to do next."""
     verb = "would write" if dry_run else "wrote"
     lines = [f"new domain '{plan.name}' from '{plan.template}': {verb} {len(plan.files)} files "
-             f"into {plan.target}" + (" (dry run: nothing written)" if dry_run else "")]
-    if dry_run:
-        lines += [f"  {p}" for p in sorted(plan.files)]
-    else:
-        lines += [f"  {k:<40} {n} files" if k.endswith("/") else f"  {k}" for k, n in groups.items()]
-        tests = " ".join(plan.tests())
-        lines += ["next: adapt the reader, datamodules, task and README in "
-                  f"{DOMAINS}/{plan.name}/, the YAML in {CONFIGS}/{plan.name}/ and the tests; run",
-                  f"  python -m pytest -q {tests}" if tests else ""]
-    return "\n".join(line for line in lines if line)
+             f"into {plan.target}" + (" (dry run: nothing written)" if dry_run else ""),
+             *(f"  {p}" for p in sorted(plan.files))]
+    if not dry_run:
+        lines += [f"next: make it yours in {DOMAINS}/{plan.name}/ (plugin.py with its reader, "
+                  f"datamodules, task, README.md), {CONFIGS}/{plan.name}/ and its tests; run them:",
+                  f"  python -m pytest -q {' '.join(plan.tests())}"]
+    return "\n".join(lines)
 
 
 def build_parser(templates: Sequence[str]) -> argparse.ArgumentParser:

@@ -39,4 +39,4 @@ def test_new_domain_has_its_own_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--from" in out and "--into" in out and "--dry-run" in out
-    assert all(f"{d}" in out for d in ("medical", "agriculture", "manufacturing"))
+    assert all(domain in out for domain in ("medical", "agriculture", "manufacturing"))

@@ -85,6 +85,17 @@ def generated_tests(copy: Path, name: str) -> list[str]:
 
 
 # ---- files, renaming, registration (all three) ---------------------------------------------
+@pytest.mark.parametrize("domain", new_domain.available_domains(ROOT))
+def test_each_domain_lists_its_tests_in_its_plugin(domain):
+    # The one place new-domain learns which tests belong to a domain: a test module named after
+    # the domain but not listed would be left out of every clone.
+    listed = set(new_domain.load_plugin(domain).tests)
+    assert f"test_{domain}_configs.py" in listed
+    assert all((ROOT / "tests" / t).is_file() for t in listed), listed
+    named = {p.name for p in (ROOT / "tests").glob(f"test_{domain}*.py")}
+    assert named <= listed, f"list {sorted(named - listed)} in domains/{domain}/plugin.py tests=(...)"
+
+
 @pytest.mark.parametrize(("template", "name"), CLONES.items())
 def test_clone_has_the_templates_files_renamed(project, template, name):
     for part in ("domains", "configs"):
