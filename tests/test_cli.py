@@ -13,7 +13,6 @@ from core.cli import run_cli
 
 from .config_runs import ROOT, tiny_args
 from .conftest import TINY_ARGS, make_defect_folders
-from .test_manufacturing_configs import elpv_data as _elpv  # noqa: F401  (test_pretrain's import)
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 

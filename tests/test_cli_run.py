@@ -12,8 +12,8 @@ import yaml
 from core.cli import run_cli
 from core.progress import EpochSummary
 
+from .config_runs import ROOT, tiny_args
 from .conftest import TINY_ARGS, make_defect_folders
-from .test_cli import ROOT, tiny_args
 
 CONFIG = ROOT / "configs" / "manufacturing" / "folder.yaml"
 EXE = Path(sys.executable).parent / "convnext-domains"

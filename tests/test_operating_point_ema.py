@@ -9,7 +9,7 @@ import torch
 
 from core.cli import run_cli
 
-from .test_cli import ROOT, tiny_args
+from .config_runs import ROOT, tiny_args
 
 CONFIG = ROOT / "configs" / "manufacturing" / "folder.yaml"
 

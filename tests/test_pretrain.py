@@ -13,8 +13,9 @@ from core.fcmae import FCMAE, patchify, random_patch_mask, unpatchify
 from core.pretrain import RECONSTRUCTIONS_FILE, WEIGHTS_FILE, FCMAETask
 from domains.manufacturing import DefectFolderDataModule
 
+from .config_runs import ROOT
 from .conftest import TINY, TINY_ARGS, cpu_trainer, make_defect_folders
-from .test_cli import ROOT, _elpv
+from .test_manufacturing_configs import elpv_data
 
 
 def _fcmae(chans, backbone="convnext_atto", **kwargs):
@@ -102,7 +103,7 @@ def test_pretraining_sees_only_the_training_split(tmp_path):
 
 def test_pretrain_command_writes_weights_that_fine_tuning_loads(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    _elpv(tmp_path, monkeypatch)
+    elpv_data(tmp_path, monkeypatch)
     entry_main(["pretrain", "--config", str(ROOT / "configs" / "manufacturing" / "elpv_pretrain.yaml"),
                 *TINY_ARGS, "--model.init_args.decoder_dim=16", "--data.init_args.image_size=32",
                 "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",
