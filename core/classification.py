@@ -43,8 +43,9 @@ class ClassificationTask(ConvNeXtTask):
     Args:
         multilabel: one independent sigmoid output per class instead of a softmax.
         label_smoothing: label smoothing of the loss (0 disables).
-        class_weights: ``None``, ``"balanced"`` (inverse class frequency of the training split)
-            or one weight per class, against class imbalance.
+        class_weights: ``None``, ``"balanced"`` or one weight per class, against class
+            imbalance. ``balanced``: inverse class frequency of the training split (softmax), or
+            for ``multilabel`` the BCE ``pos_weight`` of each label (negatives per positive).
         positive_classes: classes whose summed probability is the score of the binary decision
             (e.g. ``[defective]``); default the second class of a two-class problem.
         target_recall: when set, the operating point is the highest threshold that reaches this

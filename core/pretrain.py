@@ -38,18 +38,28 @@ class FCMAETask(LightningModule):
     """Masked-autoencoder pretraining of a ConvNeXt encoder (no labels).
 
     Args:
-        backbone, depths, dims, drop_path_rate: the encoder, as for the fine-tuning task that
-            will load it (use the same values there).
-        in_chans, num_classes, class_names, channel_names: linked from the datamodule by the CLI;
-            labels are ignored.
+        backbone: timm ConvNeXt name of the encoder (``convnext_*`` or ``convnextv2_*``); the
+            fine-tuning config that loads the weights must use the same one.
+        depths: blocks per stage, overriding the named variant (same values when fine-tuning).
+        dims: channels per stage (same values when fine-tuning).
+        in_chans: input channels; linked from the datamodule by the CLI.
+        num_classes: linked from the datamodule by the CLI; unused (no labels are read).
+        class_names: linked from the datamodule by the CLI; unused.
+        channel_names: linked from the datamodule; used to adapt RGB ``pretrained`` weights.
         pretrained: start from these weights (``false``, ``true`` for timm's, or a local file),
             e.g. to adapt ImageNet weights to the domain before fine-tuning.
+        drop_path_rate: stochastic depth rate of the encoder during pretraining.
         mask_ratio: share of patches hidden from the encoder (FCMAE: 0.6).
         patch_size: masked patch side in pixels, a multiple of 32; ``image_size`` (or
             ``tile_size``) must be a multiple of it.
-        decoder_dim, decoder_depth: the light decoder (discarded after pretraining).
+        decoder_dim: channels of the light decoder (discarded after pretraining).
+        decoder_depth: ConvNeXt blocks in the decoder.
         norm_pix_loss: predict each patch normalised by its own mean and std.
-        lr, weight_decay, betas, warmup_epochs, min_lr_ratio: AdamW with warmup + cosine.
+        lr: peak AdamW learning rate (after warmup, then cosine decay).
+        weight_decay: AdamW weight decay (not applied to norms, biases and the mask token).
+        betas: AdamW betas (MAE/FCMAE use 0.9, 0.95).
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
         weights_name: file name of the encoder weights, written into the run's log directory
             after every epoch (atomically), so a stopped run still leaves usable weights.
         reconstructions: number of training images shown in the reconstruction PNG (0: none).
