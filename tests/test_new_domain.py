@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -327,6 +328,25 @@ def test_an_interrupted_write_leaves_nothing(checkout, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         new_domain.main(["retail", "--from", "manufacturing", "--into", str(checkout)])
     assert len(written) == 4 and tree(checkout) == before
+
+
+def test_sigterm_during_the_write_leaves_nothing(checkout, monkeypatch):
+    before = tree(checkout)
+    handler = signal.getsignal(signal.SIGTERM)
+    written = []
+    real = Path.write_bytes
+
+    def write_then_terminate(self, data):
+        written.append(self)
+        if len(written) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_then_terminate)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        new_domain.main(["retail", "--from", "manufacturing", "--into", str(checkout)])
+    assert tree(checkout) == before
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
 
 
 def test_a_failure_after_the_first_rename_removes_what_was_moved(checkout, monkeypatch):
