@@ -1,11 +1,13 @@
 """Export bundles: the schema, integrity checks and loading. numpy, json and onnxruntime only.
 
 A bundle directory holds ``model.onnx`` (the network: input ``NCHW float32`` -> logits),
-``metadata.json`` (this schema), ``README.md`` (model card), optionally ``model.ckpt``, and the
-self-contained predictor: ``predict.py``, ``requirements.txt`` and ``predictor/`` (copies of
-the torch-free project modules). ``metadata.json`` lists the sha256 of every other file, in
-subfolders too, and carries a digest of itself, so a changed file, a tampered predictor or a
-hand-edited threshold is noticed before anything runs.
+``metadata.json`` (this schema), ``metadata.schema.json`` (its JSON Schema, since 2.0),
+``README.md`` (model card), optionally ``model.ckpt``, and the self-contained predictor:
+``predict.py``, ``requirements.txt`` and ``predictor/`` (copies of the torch-free project
+modules). ``metadata.json`` lists the sha256 of every other file, in subfolders too, and carries
+a digest of itself, so a changed file, a tampered predictor or a hand-edited threshold is
+noticed before anything runs. Its ``input`` is the typed contract of the bundle's reader
+(:mod:`core.contracts`), checked on every load.
 """
 
 from __future__ import annotations
@@ -18,10 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from core.contracts import ContractError, InputContract, schema_major
 from core.errors import DataError
+from core.readers import read_contract
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
+# What each schema version changed; the JSON Schema file of a bundle repeats it.
+SCHEMA_CHANGELOG: dict[str, str] = {
+    "2.0": "input is the typed contract of its reader: every field present, no others; image_size "
+           "is the network input size for every reader (the scene reader's tile_size is gone); "
+           "metadata.schema.json describes metadata.json, named by its $schema key",
+    "1.0": "first layout: input holds the datamodule's preprocessing keys",
+}
+# Major versions this version reads (1.x bundles are upgraded in memory, never rewritten).
+READABLE_MAJORS = (1, 2)
 METADATA = "metadata.json"
+SCHEMA_FILE = "metadata.schema.json"
 MODEL = "model.onnx"
 # The self-contained predictor (see core.export.write_predictor).
 LAUNCHER = "predict.py"
@@ -84,11 +98,20 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
 
 @dataclass
 class Bundle:
-    """A verified bundle; :attr:`session` runs the network with ONNX Runtime."""
+    """A verified bundle; :attr:`session` runs the network with ONNX Runtime and
+    :attr:`contract` says how its inputs are read."""
 
     path: Path
     meta: dict[str, Any]
     _session: Any = field(default=None, repr=False)
+    _contract: InputContract | None = field(default=None, repr=False)
+
+    @property
+    def contract(self) -> InputContract:
+        """The typed input contract of ``meta["input"]``, read with the bundle's schema version."""
+        if self._contract is None:
+            self._contract = read_contract(self.meta.get("input"), str(self.meta.get("schema_version")))
+        return self._contract
 
     @property
     def session(self):
@@ -108,7 +131,8 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open a bundle after checking its schema version and every file's sha256."""
+    """Open a bundle after checking its schema version, its digest, every file's sha256 and
+    its input contract (a missing or unknown key is an error naming it)."""
     folder = Path(path).expanduser()
     meta_path = folder / METADATA
     if not meta_path.is_file():
@@ -121,10 +145,15 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} does not hold a JSON object; re-export the bundle")
     version = str(meta.get("schema_version", ""))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    try:
+        readable = schema_major(version) in READABLE_MAJORS
+    except ContractError:
+        readable = False
+    if not readable:
+        majors = ", ".join(f"{m}.x" for m in READABLE_MAJORS)
         raise BundleError(f"bundle '{folder}' has schema version {version or 'none'}; this "
-                          f"convnext-domains reads {SCHEMA_VERSION.split('.')[0]}.x: re-export it "
-                          "with a matching version or upgrade convnext-domains")
+                          f"convnext-domains reads {majors}: re-export it with a matching version "
+                          "or upgrade convnext-domains")
     if meta.get("metadata_sha256") != metadata_digest(meta):
         raise BundleError(f"{meta_path} was modified after export (its digest does not match); "
                           "override thresholds on the command line instead, or re-export")
@@ -140,4 +169,9 @@ def load_bundle(path: str | Path) -> Bundle:
         if sha256_file(file) != expected:
             raise BundleError(f"{file} does not match the sha256 recorded at export: the bundle was "
                               "modified or corrupted; copy it again from the original")
-    return Bundle(folder, meta)
+    try:
+        contract = read_contract(meta.get("input"), version)
+    except ContractError as err:
+        raise BundleError(f"{meta_path}: {err}; re-export the bundle with this version of "
+                          "convnext-domains") from err
+    return Bundle(folder, meta, _contract=contract)

@@ -16,8 +16,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from core.contracts import InputContract
 from core.errors import DataError
 from core.filescan import write_skipped_report
+from core.image_reader import IMAGE
 from core.preprocess import (  # noqa: F401  (re-exported for domains)
     IMAGE_EXTENSIONS,
     Channels,
@@ -628,19 +630,19 @@ class ConvNeXtDataModule(LightningDataModule, abc.ABC):
         transform = eval_transform(self.hparams.image_size, self.mean, self.std)
         return self._loader(TransformedDataset(source, np.arange(len(source)), transform), False)
 
-    # -- the preprocessing contract --
-    def preprocessing(self) -> dict[str, Any]:
-        """Everything prediction needs to reproduce training's input pipeline."""
-        return {
-            "reader": "image",
-            "channels": getattr(self.source, "channels", None),
-            "in_chans": self.in_chans,
-            "image_size": self.hparams.image_size,
-            "mean": list(map(float, self.mean)) if self.mean is not None else None,
-            "std": list(map(float, self.std)) if self.std is not None else None,
-            "class_names": list(self.class_names),
-            "input_scaling": "integer images scaled to [0, 1] as (x - dtype min) / (dtype max - dtype min)",
-        }
+    # -- the input contract --
+    def contract_fields(self) -> dict[str, Any]:
+        """The fields every reader's input contract has (normalisation statistics computed
+        when not set yet)."""
+        self.ensure_stats()
+        return {"in_chans": self.in_chans, "image_size": self.hparams.image_size,
+                "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std],
+                "class_names": self.class_names}
+
+    def input_contract(self) -> InputContract:
+        """Everything prediction needs to reproduce training's input pipeline, as the contract
+        of the reader of this data (here: image files)."""
+        return IMAGE.contract(**self.contract_fields(), channels=getattr(self.source, "channels", None))
 
     def fingerprint(self) -> dict[str, Any]:
         """Counts and a hash of the sample list: identifies the training data without it."""

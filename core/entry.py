@@ -57,6 +57,10 @@ def _dispatch(args: list[str], from_argv: bool) -> None:
         from core.new_domain import main as new_domain_main
 
         new_domain_main(args[1:])
+    elif args[:1] == ["bundle"]:  # torch-free, like predict --bundle
+        from core.bundle_verify import main as bundle_main
+
+        bundle_main(args[1:])
     elif args[:1] == ["predict"] and any(a == "--bundle" or a.startswith("--bundle=") for a in args):
         from core.predict_bundle import main as predict_main
 

@@ -4,10 +4,11 @@
 (no pretrained weights file or hub access needed: the state dict holds every weight), writes
 ``model.onnx`` (the network only: ``NCHW float32`` in, logits out), checks on seeded inputs
 that ONNX Runtime gives the same probabilities as Lightning's ``predict``, and writes
-``README.md`` (model card) and ``metadata.json`` (schema of :mod:`core.bundle`, sealed with
-the sha256 of every file). The bundle also carries its own torch-free predictor
-(``predict.py``, ``requirements.txt`` and ``predictor/``, copies of the modules that its input
-reader declares, found through :data:`core.readers.READERS`), so it can be handed over alone.
+``README.md`` (model card), ``metadata.json`` (schema of :mod:`core.bundle`, sealed with the
+sha256 of every file) and its JSON Schema ``metadata.schema.json`` (:mod:`core.bundle_schema`).
+The bundle also carries its own torch-free predictor (``predict.py``, ``requirements.txt`` and
+``predictor/``, copies of the modules that its input reader declares, found through
+:data:`core.readers.READERS`), so it can be handed over alone.
 
 Everything is written into a temporary folder next to ``DIR`` and renamed into place only when
 all of it succeeded, so ``DIR`` is either a complete, verified bundle or absent. SIGTERM removes
@@ -39,9 +40,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.bundle import LAUNCHER, METADATA, MODEL, REQUIREMENTS, Bundle, load_bundle, seal
+from core.bundle import LAUNCHER, METADATA, MODEL, REQUIREMENTS, Bundle, seal
+from core.bundle_schema import write_metadata_schema
+from core.bundle_verify import verify_bundle
 from core.errors import DataError
-from core.export_checkpoint import input_shape, load_checkpoint, rebuild_task, task_kind
+from core.export_checkpoint import (
+    checkpoint_contract,
+    input_shape,
+    load_checkpoint,
+    rebuild_task,
+    task_kind,
+)
 from core.export_metadata import (
     VERSIONED,
     _jsonable,
@@ -80,12 +89,14 @@ from core.export_publish import (
     write_owner,
 )
 from core.model_card import model_card
+from core.readers import READERS
 
 __all__ = [
     "CARD", "CHECKPOINT_COPY", "DISTRIBUTION", "LAUNCHER_SOURCE", "OWNER", "OWNER_TOOL",
     "PARITY_INPUTS", "PROJECT_PACKAGES", "STALE_AFTER_S", "VERSIONED",
     "ExportInterrupted", "FixedAdaptiveAvgPool2d",
-    "backbone_info", "build_metadata", "build_parser", "check_parity", "clean_stale_partials",
+    "backbone_info", "build_metadata", "build_parser", "check_parity", "checkpoint_contract",
+    "clean_stale_partials",
     "decision_info", "export_bundle", "exportable_pools", "input_shape", "lightning_probabilities",
     "load_checkpoint", "main", "model_card", "predictor_modules", "predictor_requirements",
     "reader_packages", "rebuild_task", "run_metrics", "task_kind", "write_onnx",
@@ -133,7 +144,11 @@ def export_bundle(
         raise DataError("export needs onnxruntime: pip install 'convnext-domains[export]'") from err
     checkpoint = load_checkpoint(ckpt)
     task = rebuild_task(checkpoint, ckpt)
-    shape = input_shape(checkpoint["preprocessing"], task.hparams.in_chans)
+    contract = checkpoint_contract(checkpoint, ckpt)
+    shape = input_shape(contract, task.hparams.in_chans)
+    if contract.class_names and list(contract.class_names) != list(task.class_names):
+        raise DataError(f"checkpoint '{ckpt}': its input contract names classes "
+                        f"{list(contract.class_names)} but its model {list(task.class_names)}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out.parent)
@@ -143,21 +158,22 @@ def export_bundle(
         try:
             write_owner(tmp)
             write_onnx(task, tmp / MODEL, shape, opset)
-            meta = build_metadata(task, checkpoint, ckpt, shape)
+            meta = build_metadata(task, checkpoint, contract, ckpt)
             # The reference is looked up here, so replacing export.lightning_probabilities works.
             meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples, tolerance,
                                           seed, reference=lightning_probabilities)
             if include_checkpoint:
                 shutil.copyfile(ckpt, tmp / CHECKPOINT_COPY)
-            meta["predictor"] = write_predictor(tmp, meta["input"]["reader"])
+            meta["predictor"] = write_predictor(tmp, contract.reader)
             meta = _jsonable(meta)
             (tmp / CARD).write_text(model_card(meta))
+            write_metadata_schema(tmp, READERS[contract.reader])
             # Seconds before the rename: unmarked, the folder is kept by age until then.
             (tmp / OWNER).unlink()
             seal(meta, tmp)
             # Last: a folder without metadata.json is never mistaken for a bundle.
             (tmp / METADATA).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-            load_bundle(tmp)  # the bundle as a reader sees it: schema, digest, every file
+            verify_bundle(tmp)  # as a receiver checks it: JSON Schema, contract, digest, every file
             make_shareable(tmp)  # mkdtemp made it private (0700)
             with guard.deferred(published=out):
                 _publish(tmp, out, overwrite)

@@ -1,7 +1,7 @@
 """Export, step 1: read a convnext-domains checkpoint and rebuild its task with the trained weights.
 
-The checkpoint carries ``task_class``, ``hyper_parameters``, ``state_dict`` and the
-``preprocessing`` contract; no pretrained weights file or hub access is needed to rebuild it.
+The checkpoint carries ``task_class``, ``hyper_parameters``, ``state_dict`` and the input
+contract (``preprocessing``); no pretrained weights file or hub access is needed to rebuild it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.contracts import CHECKPOINT_SCHEMA_KEY, ContractError, InputContract
 from core.errors import DataError
 from core.plugins import plugin_of
-from core.readers import READERS
+from core.readers import read_contract
 
 
 def load_checkpoint(ckpt: str | Path) -> dict[str, Any]:
@@ -68,18 +69,21 @@ def rebuild_task(checkpoint: dict[str, Any], source: str | Path = "checkpoint") 
     return task.eval()
 
 
-def input_shape(preprocessing: dict[str, Any], in_chans: int) -> tuple[int, int, int]:
-    """``(C, H, W)`` of one network input, from the checkpoint's preprocessing contract."""
-    channels = int(preprocessing.get("in_chans") or in_chans)
-    if channels != int(in_chans):
-        raise DataError(f"the checkpoint's preprocessing gives {channels} input channels but the "
-                        f"model was built for {in_chans}")
-    key = READERS[preprocessing.get("reader")].size_key
-    size = preprocessing.get(key)
-    if size is None:
-        raise DataError(f"the checkpoint's preprocessing has no {key}: the input size is unknown")
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return channels, int(height), int(width)
+def checkpoint_contract(checkpoint: dict[str, Any], source: str | Path = "checkpoint") -> InputContract:
+    """The typed input contract of a checkpoint (schema 1.0 when it records no version)."""
+    version = str(checkpoint.get(CHECKPOINT_SCHEMA_KEY, "1.0"))
+    try:
+        return read_contract(checkpoint["preprocessing"], version)
+    except ContractError as err:
+        raise DataError(f"checkpoint '{source}': {err}") from err
+
+
+def input_shape(contract: InputContract, in_chans: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one network input, after checking the contract against the model."""
+    if contract.in_chans != int(in_chans):
+        raise DataError(f"the checkpoint's input contract gives {contract.in_chans} input channels "
+                        f"but the model was built for {in_chans}")
+    return contract.network_shape
 
 
 def task_kind(task: nn.Module) -> str:

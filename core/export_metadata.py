@@ -1,8 +1,8 @@
 """Export, step 4: the metadata.json of a bundle (before parity, predictor and file digests).
 
 What the model is (task, classes, backbone, weights origin), what it expects (the checkpoint's
-preprocessing contract plus shape and layout), how it decides (operating point), how well it did
-(the run's metrics.json) and what it was built with (package versions).
+typed input contract, with the network tensor's shape and layout), how it decides (operating
+point), how well it did (the run's metrics.json) and what it was built with (package versions).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import platform
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from core.bundle import SCHEMA_VERSION
+from core.bundle import SCHEMA_CHANGELOG, SCHEMA_FILE, SCHEMA_VERSION
+from core.contracts import InputContract
 from core.export_checkpoint import task_kind
 from core.weights import parse_pretrained
 
@@ -127,20 +127,21 @@ def run_metrics(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
-def build_metadata(task: nn.Module, checkpoint: dict[str, Any], ckpt: Path,
-                   shape: Sequence[int]) -> dict[str, Any]:
-    """metadata.json without ``parity``, ``files`` and ``metadata_sha256``."""
+def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputContract,
+                   ckpt: Path) -> dict[str, Any]:
+    """metadata.json without ``parity``, ``predictor``, ``files`` and ``metadata_sha256``."""
     kind = task_kind(task)
     parts = str(checkpoint["task_class"]).split(".")
     return {
+        "$schema": SCHEMA_FILE,
         "schema_version": SCHEMA_VERSION,
+        "changelog": dict(SCHEMA_CHANGELOG),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "domain": parts[1] if parts[0] == "domains" and len(parts) > 2 else "core",
         "task": kind,
         "task_class": checkpoint["task_class"],
         "class_names": list(task.class_names),
-        "input": {**checkpoint["preprocessing"], "dtype": "float32", "layout": "NCHW",
-                  "shape": [None, *shape]},
+        "input": contract.to_json(),
         "output": {"name": "logits", "activation": "sigmoid" if kind == "multilabel" else "softmax",
                    "shape": "N,K,H,W" if kind == "segmentation" else "N,K"},
         "decision": decision_info(task),

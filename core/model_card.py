@@ -9,33 +9,29 @@ from __future__ import annotations
 from typing import Any
 
 from core.bundle import LAUNCHER, PREDICTOR, REQUIREMENTS
+from core.contracts import InputContract
 from core.plugins import DomainPlugin, plugin_of
-from core.readers import READERS, InputReader
+from core.readers import READERS, InputReader, read_contract
 from core.readers import card_value as _fmt
 
 
-def _intended_use(meta: dict[str, Any], reader: InputReader) -> list[str]:
-    inp, shape = meta["input"], meta["input"]["shape"]
+def _intended_use(meta: dict[str, Any], reader: InputReader, inp: InputContract) -> list[str]:
+    shape = [None, *inp.network_shape]
     lines = [
         "## Intended use",
         "",
         f"- **Domain / task**: {meta['domain']}, {meta['task']} into {len(meta['class_names'])} classes"
         + (" (per pixel)" if meta["task"] == "segmentation" else "")
         + (" (independent labels, sigmoid)" if meta["task"] == "multilabel" else "") + ".",
-        f"- **Reader**: `{inp.get('reader')}`.",
+        f"- **Reader**: `{inp.reader}`.",
+        reader.card_channels(inp),
     ]
-    channel_names = inp.get("channel_names") or inp.get("bands")
-    if channel_names:
-        lines.append(f"- **Channels / bands** ({shape[1]}): {_fmt(channel_names)}"
-                     + (f"; spectral indices {_fmt(inp['indices'])}" if inp.get("indices") else "") + ".")
-    else:
-        lines.append(f"- **Channels**: {shape[1]}" + (f" ({inp['channels']})" if inp.get("channels") else "") + ".")
     lines += reader.card_input(inp, f"{shape[2]}x{shape[3]}")
     scaling = reader.card_scaling(inp)
     out = meta["output"]
     lines += [
-        f"- **Normalisation**: (x - mean) / std per channel, mean {_fmt(inp.get('mean'))}, "
-        f"std {_fmt(inp.get('std'))}" + (f"; {scaling}" if scaling else "") + ".",
+        f"- **Normalisation**: (x - mean) / std per channel, mean {_fmt(inp.mean)}, "
+        f"std {_fmt(inp.std)}" + (f"; {scaling}" if scaling else "") + ".",
         f"- **Network**: `model.onnx`, input `input` float32 NCHW (N, {shape[1]}, {shape[2]}, "
         f"{shape[3]}), output `logits` "
         f"({out['shape']}), probabilities by {out['activation']}.",
@@ -115,8 +111,9 @@ def _parity(meta: dict[str, Any]) -> list[str]:
             f"(tolerance {parity['tolerance']:g}).", ""]
 
 
-def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[DomainPlugin]) -> list[str]:
-    backbone, shape = meta["backbone"], meta["input"]["shape"]
+def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[DomainPlugin],
+                 inp: InputContract) -> list[str]:
+    backbone, shape = meta["backbone"], [None, *inp.network_shape]
     lines = ["## Limitations", ""]
     if backbone["pretrained"] == "none":
         lines.append("- Trained from scratch (no pretrained weights): expect less robustness than "
@@ -168,10 +165,10 @@ def _how_to_run(meta: dict[str, Any], reader: InputReader) -> list[str]:
     ]
 
 
-def _plugins(meta: dict[str, Any]) -> list[DomainPlugin]:
+def _plugins(meta: dict[str, Any], inp: InputContract) -> list[DomainPlugin]:
     """The plug-ins of the task's domain and of the reader's, each once (a core task may read
     a domain's files: a DICOM classifier keeps the medical domain's limitations)."""
-    reader_path = READERS.path_of(str(meta["input"].get("reader")))
+    reader_path = READERS.path_of(inp.reader)
     found = [plugin_of(str(meta["task_class"])), plugin_of(reader_path)]
     return list({id(p): p for p in found if p is not None}.values())
 
@@ -182,7 +179,8 @@ def model_card(meta: dict[str, Any]) -> str:
     core writes the sections every model shares; the bundle's reader and the domain plug-ins
     of its task and reader supply what is theirs (input handling, limitations).
     """
-    reader = READERS[meta["input"].get("reader")]
+    inp = read_contract(meta["input"], meta["schema_version"])
+    reader = READERS[inp.reader]
     title = meta["task_class"].rsplit(".", 1)[-1]
     lines = [
         f"# {title}: {meta['domain']} {meta['task']} model",
@@ -191,13 +189,13 @@ def model_card(meta: dict[str, Any]) -> str:
         f"{meta['schema_version']}, {meta['created']}). `metadata.json` holds the full input "
         "contract and the sha256 of every file; the predictor refuses a modified bundle.",
         "",
-        *_intended_use(meta, reader),
+        *_intended_use(meta, reader, inp),
         *_classes(meta),
         *_training_data(meta),
         *_test_metrics(meta),
         *_operating_point(meta),
         *_parity(meta),
-        *_limitations(meta, reader, _plugins(meta)),
+        *_limitations(meta, reader, _plugins(meta, inp), inp),
         *_how_to_run(meta, reader),
     ]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.atomic import write_atomic
 from core.bundle import Bundle, load_bundle
+from core.contracts import InputContract
 from core.errors import DataError
 from core.preprocess import expand_inputs, to_network_input
 from core.readers import MASK_SUFFIX, PREDICTIONS_CSV, PREDICTIONS_JSON, READERS, InputReader
@@ -33,11 +34,11 @@ PREDICTOR_MODULES = ("core.predict_bundle",)
 BASE_PACKAGES = ("onnxruntime", "numpy", "pillow")
 
 
-def _reader(contract: dict[str, Any]) -> InputReader:
-    return READERS[contract.get("reader")]
+def _reader(contract: InputContract) -> InputReader:
+    return READERS[contract.reader]
 
 
-def _read(reader: InputReader, path: Path, contract: dict[str, Any]) -> np.ndarray:
+def _read(reader: InputReader, path: Path, contract: InputContract) -> np.ndarray:
     try:
         return reader.read(path, contract)
     except ModuleNotFoundError as err:
@@ -48,17 +49,16 @@ def _read(reader: InputReader, path: Path, contract: dict[str, Any]) -> np.ndarr
                         f"{hint}") from err
 
 
-def read_input(path: Path, contract: dict[str, Any]) -> tuple[np.ndarray, str]:
+def read_input(path: Path, contract: InputContract) -> tuple[np.ndarray, str]:
     """One input as HWC float32 with the bundle's reader, and its id for the outputs."""
     return _read(_reader(contract), path, contract), str(path)
 
 
-def input_batch(files: list[Path], contract: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+def input_batch(files: list[Path], contract: InputContract) -> tuple[np.ndarray, list[str]]:
     """Read and preprocess files into one NCHW batch, with their ids."""
     reader = _reader(contract)
-    size = contract.get(reader.size_key)
-    batch = np.stack([to_network_input(_read(reader, f, contract), size, contract["mean"], contract["std"])
-                      for f in files])
+    batch = np.stack([to_network_input(_read(reader, f, contract), contract.size, contract.mean,
+                                       contract.std) for f in files])
     return batch, [str(f) for f in files]
 
 
@@ -70,7 +70,7 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 def classify(bundle: Bundle, files: list[Path], out: Path, threshold: float | None,
              batch_size: int) -> dict[str, Path]:
     """Class probabilities and decisions for each file -> predictions.csv and .json."""
-    meta, contract = bundle.meta, bundle.meta["input"]
+    meta, contract = bundle.meta, bundle.contract
     names = meta["class_names"]
     decision = meta.get("decision") or {}
     multilabel = meta["task"] == "multilabel"
@@ -117,7 +117,7 @@ def segment_images(bundle: Bundle, files: list[Path], out: Path, batch_size: int
     """Per-file class masks as PNG (class index per pixel, at the network input size)."""
     from PIL import Image
 
-    contract = bundle.meta["input"]
+    contract = bundle.contract
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for chunk in _batches(files, batch_size):
@@ -131,7 +131,7 @@ def segment_images(bundle: Bundle, files: list[Path], out: Path, batch_size: int
 def segment_scene(bundle: Bundle, scene: Path, out: Path, batch_size: int,
                   write_probabilities: bool = False) -> Path:
     """Whole-scene prediction of an input of any size by the bundle reader's tiled prediction."""
-    return _reader(bundle.meta["input"]).predict_scene(bundle, scene, out, batch_size, write_probabilities)
+    return _reader(bundle.contract).predict_scene(bundle, scene, out, batch_size, write_probabilities)
 
 
 def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Path,
@@ -139,7 +139,7 @@ def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
             write_probabilities: bool = False) -> dict[str, Any]:
     """Verify the bundle, read the inputs its way, and write the predictions under ``out``."""
     bundle = load_bundle(bundle_dir)
-    reader, out = _reader(bundle.meta["input"]), Path(out)
+    reader, out = _reader(bundle.contract), Path(out)
     files = expand_inputs(inputs, reader.extensions)
     if reader.tiled:
         return {"scenes": [segment_scene(bundle, f, out, batch_size, write_probabilities) for f in files]}

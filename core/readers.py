@@ -5,7 +5,9 @@ A bundle's ``metadata.json`` names its reader in ``input.reader``: a dotted path
 reader can live in any package (a domain of this project, or a team's own) without core
 knowing it. The readers shipped before plug-ins keep their short names (``image``, ``dicom``,
 ``geotiff_patch``, ``geotiff_scene``): :data:`BUILTIN_READERS` maps them to dotted paths, so
-bundles of schema 1.x that store those names still load.
+bundles of schema 1.x that store those names still load. Each reader declares the typed
+contract it reads with (:attr:`InputReader.contract_class`, see :mod:`core.contracts`), so
+:func:`read_contract` checks a bundle's ``input`` against the right class without core naming it.
 
 numpy only at import: every bundle's predictor carries this module.
 """
@@ -20,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from core.contracts import ContractError, InputContract
 from core.errors import DataError
 
 # Short names of the readers that existed before plug-ins -> their dotted paths. Strings only:
@@ -41,7 +44,7 @@ def card_value(value: Any) -> str:
     """A contract value as the model card shows it (floats to 4 digits, lists joined, None as —)."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return ", ".join(card_value(v) for v in value)
     return "—" if value is None else str(value)
 
@@ -68,16 +71,21 @@ class InputReader(abc.ABC):
     packages: ClassVar[tuple[str, ...]] = ()
     """Distributions the reader needs beyond the predictor's base packages; their version
     floors come from the project's declared requirements."""
-    size_key: ClassVar[str] = "image_size"
-    """Contract key holding the network input size (an int or ``[height, width]``)."""
+    contract_class: ClassVar[type[InputContract]] = InputContract
+    """The typed input contract this reader reads with (a subclass of :class:`InputContract`
+    declaring the reader's own fields); datamodules build it with :meth:`contract`."""
     tiled: ClassVar[bool] = False
     """Whether :meth:`predict_scene` predicts inputs of any size tile by tile."""
     sample_unit: ClassVar[str] = "samples of the training source"
     """What a held-out test sample is, for the model card's limitations."""
 
     @abc.abstractmethod
-    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+    def read(self, path: Path, contract: InputContract) -> np.ndarray:
         """One input file as HWC float32, before resizing and normalisation."""
+
+    def contract(self, **fields: Any) -> InputContract:
+        """This reader's contract, checked, with :attr:`~InputContract.reader` set to its name."""
+        return self.contract_class(reader=self.name, **fields)
 
     def predict_scene(self, bundle: Any, path: Path, out: Path, batch_size: int,
                       write_probabilities: bool = False) -> Path:
@@ -99,11 +107,15 @@ class InputReader(abc.ABC):
         return {PREDICTIONS_CSV: "one row of probabilities and decision per input",
                 PREDICTIONS_JSON: "the same rows with the threshold and its source"}
 
-    def card_input(self, contract: Mapping[str, Any], size: str) -> list[str]:
+    def card_channels(self, contract: InputContract) -> str:
+        """The model-card line on the input channels."""
+        return f"- **Channels**: {contract.in_chans}."
+
+    def card_input(self, contract: InputContract, size: str) -> list[str]:
         """Model-card lines on what the reader does to an input; ``size`` is ``HxW``."""
         return [f"- **Size**: resized to {size} (height x width)."]
 
-    def card_scaling(self, contract: Mapping[str, Any]) -> str | None:
+    def card_scaling(self, contract: InputContract) -> str | None:
         """How raw values are scaled before normalisation, when the reader says so."""
         return None
 
@@ -163,6 +175,10 @@ class ReaderRegistry(Mapping[str, InputReader]):
         if not isinstance(reader, InputReader):
             raise DataError(f"input reader '{name}' is a {type(reader).__name__}, expected an "
                             f"instance of {InputReader.__module__}.{InputReader.__name__}")
+        contract = getattr(reader, "contract_class", None)
+        if not (isinstance(contract, type) and issubclass(contract, InputContract)):
+            raise DataError(f"input reader '{name}' declares contract_class {contract!r}, expected a "
+                            f"subclass of {InputContract.__module__}.{InputContract.__name__}")
         # A copied reader that kept its original's name would write contracts that resolve
         # to the original: refuse it where the copy is first used.
         own = getattr(reader, "name", None)
@@ -174,6 +190,38 @@ class ReaderRegistry(Mapping[str, InputReader]):
 
 
 READERS = ReaderRegistry(BUILTIN_READERS)
+
+
+def read_contract(data: Any, version: str) -> InputContract:
+    """The typed contract of a bundle's ``input`` (or a checkpoint's ``preprocessing``),
+    written with schema ``version``, read with the contract class of the reader it names.
+
+    Raises:
+        ContractError: no or an unknown reader, or a key missing, unknown or invalid; the
+            message names the key and the schema version.
+    """
+    if not isinstance(data, Mapping):
+        raise ContractError(f"input: expected a JSON object, got {type(data).__name__} (schema {version})")
+    if "reader" not in data:
+        raise ContractError(f"input contract has no key 'input.reader' (schema {version}); it names "
+                            "the reader the bundle's inputs are read with")
+    try:
+        reader = READERS[data["reader"]]
+    except DataError as err:
+        raise ContractError(f"input.reader: {err} (schema {version})") from err
+    return reader.contract_class.from_json(data, version)
+
+
+def contract_json(contract: InputContract, version: str) -> dict[str, Any]:
+    """``contract`` as JSON after checking that it reads back, through the reader it names,
+    as the same contract (so a checkpoint never stores one a bundle would refuse)."""
+    data = contract.to_json()
+    again = read_contract(data, version)
+    if again != contract:
+        raise ContractError(f"{type(contract).__name__} names reader '{contract.reader}', whose "
+                            f"contract is {type(again).__name__}; build it with that reader's "
+                            "contract() method")
+    return data
 
 
 def reader_modules(reader: InputReader) -> tuple[str, ...]:

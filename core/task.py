@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from core.backbone import ConvNeXtBackbone
+from core.bundle import SCHEMA_VERSION
 from core.checkpointing import default_checkpoints
+from core.contracts import CHECKPOINT_SCHEMA_KEY
 from core.ema import ParameterEMA
+from core.readers import contract_json
 from core.recipe import adamw_warmup_cosine, recipe_param_groups
 from core.weights import parse_pretrained, rgb_index_from_names
 
@@ -230,11 +233,13 @@ class ConvNeXtTask(LightningModule):
             if id(p) not in head:
                 p.requires_grad_(not frozen)
 
-    # ---- the preprocessing contract travels with the checkpoint ---------------------------
+    # ---- the input contract travels with the checkpoint ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What an export needs to rebuild the task and describe its data, without the data.
         checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "preprocessing"):
-            checkpoint["preprocessing"] = datamodule.preprocessing()
+        if datamodule is not None and hasattr(datamodule, "input_contract"):
+            # Checked here, when a bundle would refuse it, not at export time weeks later.
+            checkpoint["preprocessing"] = contract_json(datamodule.input_contract(), SCHEMA_VERSION)
+            checkpoint[CHECKPOINT_SCHEMA_KEY] = SCHEMA_VERSION
             checkpoint["data_fingerprint"] = datamodule.fingerprint()

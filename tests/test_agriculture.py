@@ -286,7 +286,10 @@ def test_cli_fit_then_predict_scene_from_checkpoint(tmp_path, monkeypatch):
     ckpt = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
     stats = torch.load(ckpt, map_location="cpu", weights_only=False)["preprocessing"]
     assert stats["channel_names"] == ["blue", "green", "red", "nir", "NDVI", "NDWI"]
-    assert len(stats["mean"]) == 6 and stats["tile_size"] == 32
+    # One input size: the tile. The config's image_size (default 224) is neither the
+    # contract's nor what validation resizes tiles to.
+    assert len(stats["mean"]) == 6 and stats["image_size"] == 32 and "tile_size" not in stats
+    assert next(iter(fit.datamodule.val_dataloader()))["image"].shape[-2:] == (32, 32)
     assert stats["band_roles"]["red"] == "red" and stats["band_roles"]["nir"] == "nir"  # roles used
     monkeypatch.setattr(SceneSegmentationDataModule, "compute_stats",
                         lambda self: pytest.fail("statistics recomputed instead of restored"))

@@ -4,6 +4,7 @@ other units than training's. Both predict paths (Lightning and the torch-free bu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -21,10 +22,14 @@ from rasterio.windows import Window
 from safetensors.torch import save_file
 
 from core.backbone import ConvNeXtBackbone
+from core.bundle import SCHEMA_VERSION
 from core.errors import DataError
 from core.predict_bundle import read_input, segment_scene
+from core.readers import contract_json, read_contract
 from domains.agriculture import SceneSegmentationDataModule, SceneSegmentationTask
 from domains.agriculture.bands import BandSpec
+from domains.agriculture.contract import GeoTiffPatchContract
+from domains.agriculture.plugin import GEOTIFF_PATCH
 from domains.agriculture.synthetic import write_demo_scene
 
 from .conftest import TINY
@@ -106,8 +111,10 @@ def lightning_predict(dm, tmp_path, fail_at=None) -> Path:
 class StubBundle:
     """What segment_scene/read_input use of a bundle: metadata and an ORT-like ``probabilities``."""
 
-    def __init__(self, contract: dict, class_names: list[str], fail_after: int | None = None) -> None:
-        self.meta = {"input": contract, "class_names": class_names}
+    def __init__(self, contract: GeoTiffPatchContract, class_names: list[str],
+                 fail_after: int | None = None) -> None:
+        self.contract = contract
+        self.meta = {"input": contract.to_json(), "class_names": class_names}
         self.calls, self.fail_after = 0, fail_after
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -119,11 +126,17 @@ class StubBundle:
         return probs
 
 
-def contract_of(dm: SceneSegmentationDataModule) -> dict:
-    """The preprocessing contract as a checkpoint (and so a bundle's metadata) carries it."""
+def contract_of(dm: SceneSegmentationDataModule) -> GeoTiffPatchContract:
+    """The input contract as a bundle reads it from the JSON a checkpoint stores."""
     dm.setup("fit")
-    dm.ensure_stats()
-    return json.loads(json.dumps(dm.preprocessing()))
+    stored = json.loads(json.dumps(contract_json(dm.input_contract(), SCHEMA_VERSION)))
+    return read_contract(stored, SCHEMA_VERSION)
+
+
+def as_patch(contract: GeoTiffPatchContract) -> GeoTiffPatchContract:
+    """The same bands as the patch reader's contract (what a patch classifier's bundle holds)."""
+    names = {f.name for f in dataclasses.fields(GeoTiffPatchContract)} - {"reader"}
+    return GEOTIFF_PATCH.contract(**{name: getattr(contract, name) for name in names})
 
 
 # ---- item 4: integer GeoTIFFs without a nodata tag; outputs only on success -----------------
@@ -168,7 +181,7 @@ def test_failed_bundle_scene_prediction_leaves_no_output(tmp_path, demo):
         segment_scene(bundle, Path(demo["scene"]), out, batch_size=2, write_probabilities=True)
     assert list(out.iterdir()) == []  # no class map that looks finished, no temporary files
     # The same call succeeding writes the map, its probabilities and the sidecar, nothing else.
-    segment_scene(StubBundle(bundle.meta["input"], dm.class_names), Path(demo["scene"]), out,
+    segment_scene(StubBundle(bundle.contract, dm.class_names), Path(demo["scene"]), out,
                   batch_size=2, write_probabilities=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "scene_classes.json", "scene_classes.tif", "scene_classes_probabilities.tif"]
@@ -253,14 +266,14 @@ def test_roles_from_sensor_or_band_roles_are_logged_and_stored(eight_bands, demo
         dm = dm_for(eight_bands, demo["labels"], indices=["NDVI"], sensor="sentinel2")
         contract = contract_of(dm)
     assert "red=B4, nir=B8" in caplog.text and "sentinel2" in caplog.text
-    assert contract["band_roles"]["red"] == "B4" and contract["band_roles"]["nir"] == "B8"
-    assert contract["sensor"] == "sentinel2" and "sentinel2" in contract["band_roles_source"]
+    assert contract.band_roles["red"] == "B4" and contract.band_roles["nir"] == "B8"
+    assert contract.sensor == "sentinel2" and "sentinel2" in contract.band_roles_source
     # Explicit roles (here the right ones for this file) win; the bundle uses the stored ones.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="domains.agriculture"):
         dm = dm_for(eight_bands, demo["labels"], indices=["NDVI"], band_roles={"red": "B3", "nir": "B4"})
         contract = contract_of(dm)
-    assert contract["band_roles"] == {"red": "B3", "nir": "B4"} and "red=B3, nir=B4 (from band_roles)" in caplog.text
+    assert contract.band_roles == {"red": "B3", "nir": "B4"} and "red=B3, nir=B4 (from band_roles)" in caplog.text
     spec = BandSpec.from_contract(contract)
     stack = spec.open(str(eight_bands))
     image, _ = spec.read(stack, Window(10, 10, 4, 4))
@@ -270,7 +283,7 @@ def test_roles_from_sensor_or_band_roles_are_logged_and_stored(eight_bands, demo
 
 def test_described_role_names_still_work(demo):
     dm = dm_for(demo["scene"], demo["labels"], indices=["NDVI"])  # descriptions blue..nir
-    assert dm.channel_names[-1] == "NDVI" and contract_of(dm)["band_roles"] == {
+    assert dm.channel_names[-1] == "NDVI" and contract_of(dm).band_roles == {
         "blue": "blue", "green": "green", "red": "red", "nir": "nir"}
 
 
@@ -323,8 +336,8 @@ def test_sensor_or_band_roles_give_the_rgb_bands_their_filters(landsat7, demo, r
     assert torch.allclose(stem_of(dm, path), expected_stem(rgb, [2, 1, 0, None, None, None]))
     # The contract keeps the file's band names for selection; the bundle gets the same channels.
     contract = contract_of(dm)
-    assert contract["bands"] == ["B1", "B2", "B3", "B4", "B5", "B6"]
-    assert contract["channel_names"] == dm.channel_names
+    assert contract.bands == ("B1", "B2", "B3", "B4", "B5", "B6")
+    assert list(contract.channel_names) == dm.channel_names
     spec = BandSpec.from_contract(contract)
     assert spec.channel_names(spec.open(str(landsat7))) == dm.channel_names
 
@@ -359,9 +372,9 @@ def test_bundle_trained_on_one_band_refuses_a_wider_file(tmp_path, demo):
     bundle = StubBundle(contract, dm.class_names)
     with pytest.raises(DataError, match=r"wide.tif' has 4 band\(s\).*B1 of 1-band files"):
         segment_scene(bundle, wide, tmp_path / "ort", batch_size=4)
-    assert contract["bands"] == ["B1"] and contract["file_band_count"] == 1
+    assert contract.bands == ("B1",) and contract.file_band_count == 1
     assert not (tmp_path / "ort").exists() or list((tmp_path / "ort").iterdir()) == []
-    patch_contract = {**contract, "reader": "geotiff_patch"}
+    patch_contract = as_patch(contract)
     with pytest.raises(DataError, match=r"wide.tif' has 4 band\(s\)"):
         read_input(wide, patch_contract)
     assert read_input(pan, patch_contract)[0].shape == (70, 100, 1)
@@ -392,7 +405,7 @@ def test_float64_scene_with_nan_nodata(tmp_path, demo):
     assert not valid[:7, :7].any() and valid[7:, 7:].all()
     assert np.allclose(image[:, 7:, 7:], data[:, 5:8, 5:8].astype(np.float32))
     contract = contract_of(dm)
-    assert all(np.isfinite(contract["mean"])) and all(0 < s < 1 for s in contract["std"])
+    assert all(np.isfinite(contract.mean)) and all(0 < s < 1 for s in contract.std)
     with rasterio.open(lightning_predict(dm, tmp_path)) as ds:
         classes = ds.read(1)
     assert (classes[:5, :5] == 255).all() and (classes[5:, 5:] == 0).all()
@@ -440,7 +453,8 @@ def test_patches_far_from_training_statistics_or_with_other_bands(tmp_path, demo
 
     dm = GeoTiffFolderDataModule(root=str(demo["patches"]), image_size=16, batch_size=2,
                                  val_fraction=0.34, test_fraction=0.0)
-    contract = {**contract_of(dm), "reader": "geotiff_patch"}
+    contract = contract_of(dm)
+    assert contract.reader == "geotiff_patch"
     with rasterio.open(next(Path(demo["patches"]).rglob("*.tif"))) as ds:
         patch = ds.read()
     sr = write_tif(tmp_path / "sr.tif", (patch / 10000.0).astype(np.float32),

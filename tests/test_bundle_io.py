@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from core import predict_bundle
-from core.bundle import Bundle, BundleError, load_bundle, metadata_digest, seal
+from core.bundle import SCHEMA_VERSION, Bundle, BundleError, load_bundle, metadata_digest, seal
+from core.image_reader import IMAGE
 
 
 class FakeSession:
@@ -33,12 +34,18 @@ class FakeSession:
         return [np.stack([x, -x], axis=1)]
 
 
+def _input() -> dict:
+    """A gray 8x8 image contract, as metadata.json holds it."""
+    return IMAGE.contract(channels="gray", in_chans=1, image_size=8, mean=[0.5], std=[0.25],
+                          class_names=["a", "b"]).to_json()
+
+
 def _bundle(tmp_path: Path, segmentation: bool) -> Bundle:
     meta = {
+        "schema_version": SCHEMA_VERSION,
         "task": "segmentation" if segmentation else "classification",
         "class_names": ["a", "b"], "decision": None,
-        "input": {"reader": "image", "channels": "gray", "in_chans": 1, "image_size": 8,
-                  "mean": [0.5], "std": [0.25]},
+        "input": _input(),
         "output": {"activation": "softmax"},
     }
     return Bundle(tmp_path / "bundle", meta, FakeSession(segmentation))
@@ -101,7 +108,7 @@ def test_seal_covers_subfolders_and_refuses_paths_leaving_the_bundle(tmp_path):
     (folder / "predictor" / "core").mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"net")
     (folder / "predictor" / "core" / "x.py").write_text("A = 1\n")
-    meta = seal({"schema_version": "1.0"}, folder)
+    meta = seal({"schema_version": SCHEMA_VERSION, "input": _input()}, folder)
     assert set(meta["files"]) == {"model.onnx", "predictor/core/x.py"}
     (folder / "metadata.json").write_text(json.dumps(meta))
     load_bundle(folder)

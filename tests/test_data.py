@@ -64,7 +64,7 @@ def test_normalisation_stats_come_from_the_training_split(defect_folder):
     pixels = np.concatenate([dm.source.read_image(int(i)).ravel() for i in dm.splits["train"]])
     assert dm.mean[0] == pytest.approx(pixels.mean(), rel=1e-6)
     assert dm.std[0] == pytest.approx(pixels.std(), rel=1e-5)
-    assert dm.preprocessing()["mean"] == dm.mean
+    assert list(dm.input_contract().mean) == dm.mean
     # A checkpoint's statistics win over a fresh computation when a run is restored.
     dm2 = DefectFolderDataModule(root=str(defect_folder))
     dm2.load_state_dict(dm.state_dict())

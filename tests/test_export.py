@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from core import export
 from core.bundle import SCHEMA_VERSION, Bundle, BundleError, load_bundle
+from core.bundle_verify import verify_bundle
 from core.classification import ClassificationTask
 from core.cli import run_cli
 from core.errors import DataError
@@ -122,16 +123,17 @@ PREDICTOR_PACKAGES = {
 }
 PREDICTOR_DOMAIN_MODULES = {
     "manufacturing": set(),  # an image bundle carries no domain code and needs no extra
-    "agriculture": {"domains.agriculture", "domains.agriculture.bands", "domains.agriculture.scene"},
-    "medical": {"domains.medical", "domains.medical.dicom"},
+    "agriculture": {"domains.agriculture", "domains.agriculture.bands", "domains.agriculture.scene",
+                    "domains.agriculture.contract"},
+    "medical": {"domains.medical", "domains.medical.dicom", "domains.medical.contract"},
 }
 
 
 @pytest.mark.parametrize("name", DOMAINS)
 def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
     path, ckpt = bundles[name], _ckpt(trained[name].ckpt)
-    assert {"model.onnx", "metadata.json", "README.md", "predict.py", "requirements.txt",
-            "predictor"} == {p.name for p in path.iterdir()}
+    assert {"model.onnx", "metadata.json", "metadata.schema.json", "README.md", "predict.py",
+            "requirements.txt", "predictor"} == {p.name for p in path.iterdir()}
     meta = load_bundle(path).meta  # verifies the schema version, the digest and every sha256
     kind, reader, classes, shape = EXPECTED[name]
     assert meta["schema_version"] == SCHEMA_VERSION
@@ -140,6 +142,9 @@ def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
     assert meta["input"]["reader"] == reader and meta["input"]["shape"] == shape
     assert meta["input"]["mean"] == ckpt["preprocessing"]["mean"]
     assert (meta["input"]["dtype"], meta["input"]["layout"]) == ("float32", "NCHW")
+    # The contract is written once, by the datamodule into the checkpoint, and travels unchanged.
+    assert ckpt["preprocessing_schema"] == SCHEMA_VERSION and meta["input"] == ckpt["preprocessing"]
+    assert verify_bundle(path).json_schema
     assert meta["output"] == {"name": "logits", "activation": "softmax",
                               "shape": "N,K,H,W" if kind == "segmentation" else "N,K"}
     assert meta["training_data"] == ckpt["data_fingerprint"]
@@ -153,7 +158,8 @@ def test_bundle_metadata_matches_checkpoint(name, trained, bundles):
     assert meta["parity"]["max_abs_diff"] < 1e-4 and meta["parity"]["samples"] == 4
     # The predictor's files are sealed like the model, one per module the metadata lists.
     predictor = {n for n in meta["files"] if n.startswith("predictor/")}
-    assert set(meta["files"]) == {"model.onnx", "README.md", "predict.py", "requirements.txt", *predictor}
+    assert set(meta["files"]) == {"model.onnx", "metadata.schema.json", "README.md", "predict.py",
+                                  "requirements.txt", *predictor}
     modules = {n.removeprefix("predictor/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
                for n in predictor}
     assert modules == set(meta["predictor"]["modules"])
@@ -269,7 +275,7 @@ def _boom(*args, **kwargs):
 @pytest.mark.parametrize("where", ["onnx", "parity", "sealed"])
 def test_interrupted_export_leaves_nothing(where, trained, tmp_path, monkeypatch):
     target = {"onnx": (torch.onnx, "export"), "parity": (export, "lightning_probabilities"),
-              "sealed": (export, "load_bundle")}[where]  # load_bundle runs after metadata.json
+              "sealed": (export, "verify_bundle")}[where]  # runs after metadata.json is written
     monkeypatch.setattr(*target, _boom)
     with pytest.raises(KeyboardInterrupt):
         export.export_bundle(trained["manufacturing"].ckpt, tmp_path / "bundle")
@@ -492,8 +498,9 @@ def test_predictor_carries_every_module_its_reader_imports(reader):
             assert lazy in carried or not mine, f"{module} imports {lazy}, missing from the bundle"
     assert all(not m.startswith("domains") or m == "domains" or m.startswith(own) for m in carried)
     if reader == "image":
-        assert carried == {"core", "core.atomic", "core.bundle", "core.errors", "core.image_reader",
-                           "core.predict_bundle", "core.preprocess", "core.readers"}
+        assert carried == {"core", "core.atomic", "core.bundle", "core.contracts", "core.errors",
+                           "core.image_reader", "core.json_schema", "core.predict_bundle",
+                           "core.preprocess", "core.readers"}
     else:  # what the reader imports lazily from its domain comes along although not declared
         declared = reader_modules(READERS[reader])
         assert set(declared) <= carried

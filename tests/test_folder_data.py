@@ -12,6 +12,7 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from core.data import DataError
+from core.image_reader import IMAGE
 from core.predict_bundle import read_input
 from core.preprocess import expand_inputs, image_to_array, read_image_file
 from domains.manufacturing import DefectClassificationTask, DefectFolderDataModule
@@ -258,7 +259,8 @@ def test_every_mode_is_converted_to_the_configured_channels(tmp_path, kind, chan
     assert image.dtype == np.float32 and image.shape == (20, 20, 1 if channels == "gray" else 3)
     np.testing.assert_allclose(image, values, atol=1e-6)
     # The torch-free bundle predictor reads the file identically.
-    contract = {"reader": "image", "channels": channels, "in_chans": image.shape[2]}
+    n = image.shape[2]
+    contract = IMAGE.contract(channels=channels, in_chans=n, image_size=20, mean=[0.5] * n, std=[0.2] * n)
     np.testing.assert_array_equal(read_input(path, contract)[0], image)
 
 

@@ -19,6 +19,7 @@ import torch
 from core import export
 from core.bundle import load_bundle
 from core.classification import ClassificationTask
+from core.contracts import InputContract
 from core.errors import DataError
 from core.export_checkpoint import rebuild_task
 from core.plugins import DomainPlugin, plugin_of
@@ -159,9 +160,13 @@ def test_builtin_reader_names_resolve_to_their_domain_readers(name):
 def test_schema_1_bundles_keep_their_reader_names():
     # Bundles written before plug-ins store these names; their readers behave as before.
     assert list(READERS) == ["image", "dicom", "geotiff_patch", "geotiff_scene"]
-    assert READERS["geotiff_scene"].tiled and READERS["geotiff_scene"].size_key == "tile_size"
-    assert not READERS["geotiff_patch"].tiled and READERS["dicom"].size_key == "image_size"
+    assert READERS["geotiff_scene"].tiled and not READERS["geotiff_patch"].tiled
     assert "" in READERS["dicom"].extensions and ".png" in READERS["image"].extensions
+    # Each declares its typed contract; the fake plug-in's reader makes do with the base one.
+    assert {name: READERS[name].contract_class.__name__ for name in READERS} == {
+        "image": "ImageContract", "dicom": "DicomContract", "geotiff_patch": "GeoTiffPatchContract",
+        "geotiff_scene": "GeoTiffSceneContract"}
+    assert NPY.contract_class is InputContract
 
 
 @pytest.mark.parametrize(("name", "message"), [

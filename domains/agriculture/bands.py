@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
+from domains.agriculture.contract import GeoTiffPatchContract
 from domains.agriculture.indices import Roles, check_indices, compute_indices, resolve_roles
 from domains.agriculture.raster import RasterStack
 
@@ -40,23 +41,22 @@ class BandSpec:
     roles: Roles | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_contract(cls, contract: Mapping[str, Any]) -> BandSpec:
-        """The training's band handling from a preprocessing contract: the same selection,
-        names, resolved roles (never guessed again), nodata and indices."""
+    def from_contract(cls, contract: GeoTiffPatchContract) -> BandSpec:
+        """The training's band handling from its input contract: the same selection, names,
+        resolved roles (never guessed again), nodata and indices."""
         # Select bands the way training did (``band_selection``: the `bands` option, None =
-        # all), so a file with other bands is refused as on the Lightning path; contracts from
-        # before that key select the resolved names.
-        selection = contract["band_selection"] if "band_selection" in contract else contract.get("bands")
-        return cls(selection, contract.get("band_names"), contract.get("band_roles") or None,
-                   contract.get("nodata"), list(contract.get("indices") or []))
+        # all), so a file with other bands is refused as on the Lightning path.
+        selection = list(contract.band_selection) if contract.band_selection is not None else None
+        return cls(selection, list(contract.band_names) if contract.band_names is not None else None,
+                   dict(contract.band_roles) or None, contract.nodata, list(contract.indices))
 
-    def open_as_trained(self, path: str, contract: Mapping[str, Any]) -> RasterStack:
+    def open_as_trained(self, path: str, contract: GeoTiffPatchContract) -> RasterStack:
         """Open one file with this spec and refuse it unless its bands are the contract's."""
         from core.errors import DataError
 
         stack = self.open(path)
         try:
-            check_same_bands(stack, contract["bands"], contract.get("file_band_count"), path)
+            check_same_bands(stack, contract.bands, contract.file_band_count, path)
         except DataError:
             stack.close()
             raise
@@ -107,7 +107,8 @@ class BandSpec:
         return [*names, *[i.upper() for i in self.indices]]
 
     def contract(self, stack: RasterStack) -> dict[str, Any]:
-        """The band part of the preprocessing contract: what prediction must reproduce."""
+        """The band fields of the input contract (:class:`GeoTiffPatchContract`): what
+        prediction must reproduce."""
         roles = self.roles if self.roles is not None else check_indices([], stack.names, self.band_roles,
                                                                           self.sensor)
         return {

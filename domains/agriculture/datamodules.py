@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
 from core.transforms import eval_transform, train_transform
 from domains.agriculture.bands import check_same_bands
+from domains.agriculture.contract import GeoTiffPatchContract, GeoTiffSceneContract
 from domains.agriculture.plugin import GEOTIFF_PATCH, GEOTIFF_SCENE
 from domains.agriculture.raster import LabelRaster
 from domains.agriculture.scene import grid_windows
@@ -78,9 +79,9 @@ class _BandsMixin:
 
     spec: BandSpec
 
-    def band_contract(self) -> dict[str, Any]:
-        return {"input_scaling": "band values as stored in the GeoTIFF; nodata masked",
-                **self.spec.contract(self.source.stack), "channel_names": self.channel_names}
+    def band_fields(self) -> dict[str, Any]:
+        """The band fields of the GeoTIFF readers' contracts."""
+        return {**self.spec.contract(self.source.stack), "channel_names": self.channel_names}
 
 
 class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
@@ -155,8 +156,11 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         augment: Literal["none", "flips", "dihedral", "default", "strong"] = "dihedral",
         **kwargs: Any,
     ) -> None:
-        kwargs["image_size"] = tile_size
         super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, augment=augment, **kwargs)
+        # The network input of a scene is its tile. LightningCLI records the init arguments as
+        # configured (image_size defaulting to 224), and evaluation, the saved state and the
+        # input contract read image_size: it must say tile_size, or val/test tiles get resized.
+        self.hparams.image_size = tile_size
         if image is None or labels is None or not class_values:
             raise DataError("set data.init_args.image (GeoTIFF or list of band files), labels "
                             "(label GeoTIFF) and class_values (label codes of the classes)")
@@ -170,6 +174,9 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         if block_size < tile_size:
             raise DataError(f"block_size {block_size} is smaller than tile_size {tile_size}; a tile "
                             "must fit in one spatial block (raise block_size or lower tile_size)")
+        if not 0 <= predict_overlap < tile_size:
+            raise DataError(f"predict_overlap {predict_overlap} must be at least 0 and smaller than "
+                            f"tile_size {tile_size}")
         if class_labels is not None and len(class_labels) != len(class_values):
             raise DataError(f"{len(class_labels)} class_labels for {len(class_values)} class_values")
         self.spec = BandSpec(bands, band_names, band_roles, nodata, list(indices or []), sensor)
@@ -257,12 +264,12 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
             "overlap": h.predict_overlap,
         }
 
-    def preprocessing(self) -> dict[str, Any]:
+    def input_contract(self) -> GeoTiffSceneContract:
+        """The scene reader's contract: bands, tiles (``image_size``) and their overlap."""
         h = self.hparams
-        return {**super().preprocessing(), **self.band_contract(), "reader": GEOTIFF_SCENE.name,
-                "tile_size": h.tile_size,
-                "predict_overlap": h.predict_overlap, "ignore_index": h.ignore_index,
-                "class_values": list(h.class_values)}
+        return GEOTIFF_SCENE.contract(**self.contract_fields(), **self.band_fields(),
+                                      predict_overlap=h.predict_overlap, ignore_index=h.ignore_index,
+                                      class_values=list(h.class_values))
 
 
 class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
@@ -312,5 +319,6 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,
                                  like=self.source.stack, reference=(self.mean, self.std))
 
-    def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), **self.band_contract(), "reader": GEOTIFF_PATCH.name}
+    def input_contract(self) -> GeoTiffPatchContract:
+        """The patch reader's contract: the bands and indices of training."""
+        return GEOTIFF_PATCH.contract(**self.contract_fields(), **self.band_fields())

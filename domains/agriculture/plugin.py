@@ -7,7 +7,6 @@ domain's extra from it when rasterio is missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from core.plugins import DomainPlugin
 from core.preprocess import normalize
 from core.readers import InputReader, card_value
+from domains.agriculture.contract import GeoTiffPatchContract, GeoTiffSceneContract
 
 EXTRA = "agriculture"
 SCENE_CLASSES = "{stem}_classes.tif"
@@ -29,8 +29,9 @@ class GeoTiffPatchReader(InputReader):
     extensions = (".tif", ".tiff")
     extra = EXTRA
     packages = ("rasterio",)
+    contract_class = GeoTiffPatchContract
 
-    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+    def read(self, path: Path, contract: GeoTiffPatchContract) -> np.ndarray:
         from rasterio.windows import Window
 
         from domains.agriculture.bands import BandSpec
@@ -42,10 +43,15 @@ class GeoTiffPatchReader(InputReader):
             image, valid = spec.read(stack, Window(0, 0, stack.width, stack.height))
         finally:
             stack.close()
-        drift = InputDrift(contract.get("channel_names") or [f"channel {i}" for i in range(image.shape[2])])
-        drift.add(normalize(image, contract["mean"], contract["std"]).transpose(2, 0, 1), valid)
+        drift = InputDrift(list(contract.channel_names) or [f"channel {i}" for i in range(image.shape[2])])
+        drift.add(normalize(image, contract.mean, contract.std).transpose(2, 0, 1), valid)
         drift.report(str(path))  # a warning in the log for inputs far outside training's statistics
         return image
+
+    def card_channels(self, contract: GeoTiffPatchContract) -> str:
+        names = contract.channel_names or contract.bands
+        return (f"- **Channels / bands** ({contract.in_chans}): {card_value(names)}"
+                + (f"; spectral indices {card_value(contract.indices)}" if contract.indices else "") + ".")
 
 
 class GeoTiffSceneReader(GeoTiffPatchReader):
@@ -53,7 +59,7 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
     ``tile_size`` and blended into a class map with the scene's CRS and transform."""
 
     name = "geotiff_scene"
-    size_key = "tile_size"
+    contract_class = GeoTiffSceneContract
     tiled = True
     sample_unit = "spatial blocks of the training scene"
 
@@ -62,10 +68,10 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
         from domains.agriculture.bands import BandSpec
         from domains.agriculture.scene import SceneWriter, grid_windows
 
-        contract = bundle.meta["input"]
+        contract: GeoTiffSceneContract = bundle.contract
         spec = BandSpec.from_contract(contract)
         stack = spec.open_as_trained(str(path), contract)
-        tile, overlap = int(contract["tile_size"]), int(contract.get("predict_overlap", 0))
+        tile, overlap = contract.tile_size, contract.predict_overlap
         target = out / SCENE_CLASSES.format(stem=path.stem)
         probs_path = target.with_name(target.stem + "_probabilities.tif") if write_probabilities else None
         windows = grid_windows(stack.width, stack.height, tile, overlap)
@@ -74,11 +80,11 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
             with SceneWriter(target, {"width": stack.width, "height": stack.height, "crs": stack.crs,
                                       "transform": stack.transform},
                              bundle.meta["class_names"], tile, overlap, probs_path,
-                             contract.get("channel_names")) as writer:
+                             list(contract.channel_names) or None) as writer:
                 for start in range(0, len(windows), batch_size):
                     chunk = windows[start : start + batch_size]
                     reads = [spec.read(stack, w) for w in chunk]
-                    batch = np.stack([normalize(img, contract["mean"], contract["std"]).transpose(2, 0, 1)
+                    batch = np.stack([normalize(img, contract.mean, contract.std).transpose(2, 0, 1)
                                       for img, _ in reads])
                     for w, (_, valid), x, p in zip(chunk, reads, batch, bundle.probabilities(batch),
                                                    strict=True):
@@ -93,9 +99,9 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
                 f"{classes}.json": "class names and the input's statistics against training's",
                 f"{classes}_probabilities.tif": "per-class probabilities, with --write-probabilities"}
 
-    def card_input(self, contract: Mapping[str, Any], size: str) -> list[str]:
+    def card_input(self, contract: GeoTiffSceneContract, size: str) -> list[str]:
         return [f"- **Size**: tiles of {size} pixels; whole scenes are cut into overlapping "
-                f"tiles (overlap {card_value(contract.get('predict_overlap'))}) and blended."]
+                f"tiles (overlap {card_value(contract.predict_overlap)}) and blended."]
 
 
 GEOTIFF_PATCH = GeoTiffPatchReader()

@@ -19,6 +19,7 @@ from core.data import (
     scan_class_folders,
 )
 from core.filescan import log_skipped
+from domains.medical.contract import DicomContract, prediction_frame
 from domains.medical.dicom import count_frames, dicom_meta, read_dicom
 from domains.medical.masks import (
     SegmentOverlap,
@@ -272,7 +273,7 @@ class DicomDataModule(ConvNeXtDataModule):
         return self.hparams.positive_classes
 
     def predict_source(self, paths: list[Path]) -> DicomSource:
-        frame = self.hparams.frames if self.hparams.frames != "all" else "middle"
+        frame = prediction_frame(self.hparams.frames)
         paths = [p for p in paths if self._usable(p, frame)]
         self._report_skipped()
         if not paths:
@@ -281,11 +282,11 @@ class DicomDataModule(ConvNeXtDataModule):
         ids = [self._sample_id(p, f) for p, f in zip(paths, frames, strict=True)]
         return DicomPredictSource(paths, frames, np.zeros(len(paths), dtype=np.int64), ids, self._read_args())
 
-    def preprocessing(self) -> dict[str, Any]:
+    def input_contract(self) -> DicomContract:
+        """The DICOM reader's contract: training's window(s), frames and pixel spacing."""
         h = self.hparams
-        return {**super().preprocessing(), "reader": DICOM.name, "modality_lut": True,
-                "input_scaling": "modality LUT values (HU for CT); each window maps to [0, 1]", "window": h.window,
-                "frames": h.frames, "target_spacing": h.target_spacing}
+        return DICOM.contract(**self.contract_fields(), window=h.window, frames=h.frames,
+                              target_spacing=h.target_spacing)
 
 
 class DicomMaskSource(DicomSource):

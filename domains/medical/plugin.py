@@ -6,14 +6,13 @@ domain's extra from it when pydicom is missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.plugins import DomainPlugin
 from core.readers import InputReader, card_value
+from domains.medical.contract import DicomContract
 
 EXTRA = "medical"
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima", "")
@@ -28,21 +27,18 @@ class DicomReader(InputReader):
     extensions = DICOM_EXTENSIONS
     extra = EXTRA
     packages = ("pydicom", *_DICOM_DECODERS)
+    contract_class = DicomContract
 
-    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+    def read(self, path: Path, contract: DicomContract) -> np.ndarray:
         from domains.medical.dicom import read_dicom
 
-        # A model trained on every frame of multi-frame files still predicts one image per file.
-        frames = contract.get("frames", "middle")
-        image = read_dicom(path, window=contract.get("window"), frame=frames if frames != "all" else "middle",
-                           target_spacing=contract.get("target_spacing"))
-        return image.image
+        return read_dicom(path, window=contract.window, frame=contract.prediction_frame,
+                          target_spacing=contract.target_spacing).image
 
-    def card_input(self, contract: Mapping[str, Any], size: str) -> list[str]:
-        return [f"- **DICOM**: modality LUT {'on' if contract.get('modality_lut') else 'off'}, "
-                f"window(s) {card_value(contract.get('window'))}, frames "
-                f"{card_value(contract.get('frames'))}, target spacing "
-                f"{card_value(contract.get('target_spacing'))}.",
+    def card_input(self, contract: DicomContract, size: str) -> list[str]:
+        return [f"- **DICOM**: modality LUT {'on' if contract.modality_lut else 'off'}, "
+                f"window(s) {card_value(contract.window)}, frames {card_value(contract.frames)}, "
+                f"target spacing {card_value(contract.target_spacing)}.",
                 *super().card_input(contract, size)]
 
 

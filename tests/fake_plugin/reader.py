@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from core.contracts import InputContract
 from core.errors import DataError
 from core.readers import InputReader
 
@@ -18,14 +17,14 @@ class NpyReader(InputReader):
     name = "tests.fake_plugin.reader:NPY"
     extensions = (".npy",)
 
-    def read(self, path: Path, contract: Mapping[str, Any]) -> np.ndarray:
+    def read(self, path: Path, contract: InputContract) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
-        if array.ndim != 3 or array.shape[2] != contract["in_chans"]:
+        if array.ndim != 3 or array.shape[2] != contract.in_chans:
             raise DataError(f"'{path}' holds an array of shape {array.shape}; save an HWC array "
-                            f"with {contract['in_chans']} channels")
+                            f"with {contract.in_chans} channels")
         return array.astype(np.float32)
 
-    def card_scaling(self, contract: Mapping[str, Any]) -> str | None:
+    def card_scaling(self, contract: InputContract) -> str | None:
         return "array values used as saved"
 
 

@@ -1,0 +1,79 @@
+"""The JSON Schema of a bundle's ``metadata.json`` (schema 2.x), written into the bundle as
+``metadata.schema.json`` and checked by ``convnext-domains bundle verify``.
+
+The ``input`` part is the JSON Schema of the bundle reader's contract class, so a reader from
+any package describes its own keys; the rest is the same for every bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from core.bundle import SCHEMA_CHANGELOG, SCHEMA_FILE, SCHEMA_VERSION
+from core.json_schema import DIALECT
+from core.readers import InputReader
+
+_STRING = {"type": "string"}
+_INTEGER = {"type": "integer"}
+_NUMBER = {"type": "number"}
+_STRINGS = {"type": "array", "items": _STRING}
+_INTEGERS = {"type": "array", "items": _INTEGER}
+
+
+def _object(properties: dict[str, Any], nullable: bool = False) -> dict[str, Any]:
+    """A closed object: every listed key required, no other key."""
+    return {"type": ["object", "null"] if nullable else "object", "properties": properties,
+            "required": list(properties), "additionalProperties": False}
+
+
+def metadata_schema(reader: InputReader) -> dict[str, Any]:
+    """The JSON Schema of the metadata.json of a bundle whose inputs ``reader`` reads."""
+    contract = reader.contract_class.json_schema()
+    input_schema = {**contract, "properties": {**contract["properties"], "reader": {"const": reader.name}}}
+    properties = {
+        "$schema": {"const": SCHEMA_FILE},
+        "schema_version": {"const": SCHEMA_VERSION},
+        "changelog": {"type": "object", "additionalProperties": _STRING},
+        "created": _STRING,
+        "domain": _STRING,
+        "task": {"enum": ["classification", "multilabel", "segmentation"]},
+        "task_class": _STRING,
+        "class_names": _STRINGS,
+        "input": input_schema,
+        "output": _object({"name": {"const": "logits"}, "activation": {"enum": ["softmax", "sigmoid"]},
+                           "shape": {"enum": ["N,K", "N,K,H,W"]}}),
+        "decision": _object({
+            "positive_classes": _STRINGS, "positive_index": _INTEGERS,
+            "threshold": {"type": ["number", "null"]},
+            "target_recall": {"anyOf": [_NUMBER, {"const": "youden"}, {"type": "null"}]},
+            "rule": _STRING, "metric_names": {"type": "object", "additionalProperties": _STRING},
+        }, nullable=True),
+        # The run's test report and data fingerprint: free-form, absent for hand-made checkpoints.
+        "metrics": {"type": ["object", "null"]},
+        "training_data": {"type": ["object", "null"]},
+        "versions": {"type": "object", "additionalProperties": _STRING},
+        "backbone": _object({"name": _STRING, "depths": _INTEGERS, "dims": _INTEGERS, "in_chans": _INTEGER,
+                             "pretrained": _STRING, "weight_licence": _STRING}),
+        "parity": _object({"max_abs_diff": _NUMBER, "samples": _INTEGER, "tolerance": _NUMBER,
+                           "inputs": _STRING}),
+        "predictor": _object({"command": _STRING, "requirements": _STRINGS, "modules": _STRINGS,
+                              "python": _STRING}),
+        "files": {"type": "object", "additionalProperties": _STRING},
+        "metadata_sha256": _STRING,
+    }
+    return {
+        "$schema": DIALECT,
+        "$id": SCHEMA_FILE,
+        "title": f"convnext-domains bundle metadata, schema {SCHEMA_VERSION}",
+        "description": "; ".join(f"{v}: {text}" for v, text in SCHEMA_CHANGELOG.items()),
+        **_object(properties),
+    }
+
+
+def write_metadata_schema(folder: Path, reader: InputReader) -> Path:
+    """Write ``metadata.schema.json`` for a bundle read by ``reader`` into ``folder``."""
+    path = folder / SCHEMA_FILE
+    path.write_text(json.dumps(metadata_schema(reader), indent=2) + "\n")
+    return path
