@@ -374,7 +374,8 @@ class ConvNeXtDataModule(LightningDataModule, abc.ABC):
         seed: split seed; the same seed and data give the same split.
         mean: per-channel normalisation mean; ``None`` computes it on the training split.
         std: per-channel normalisation std; ``None`` computes it on the training split.
-        augment: training augmentation level: none, flips, default or strong.
+        augment: training augmentation level: none, flips, dihedral (flips + 90° rotations),
+            default (crop + flips + brightness/contrast) or strong.
         stats_samples: at most this many training samples are read to compute mean/std.
         predict_paths: files or folders to predict on; default: the test split.
         unlabelled_paths: files or folders of extra images without labels, read like
