@@ -1,7 +1,8 @@
 """The ``convnext-domains`` command: dispatch before importing anything heavy.
 
-``export``, ``predict --bundle`` and ``new-domain`` have their own parsers; ``predict --bundle``
-must run where torch is not installed, so this module imports nothing from the training stack.
+``export``, ``predict --bundle``, ``bundle verify`` and ``new-domain`` have their own parsers;
+``predict --bundle`` and ``bundle verify`` must run where torch is not installed, so this module
+imports nothing from the training stack.
 Everything else (fit, validate, test, predict with a config) goes to the LightningCLI. Errors in
 the user's data, weights or settings end as one ``error:`` line; ``--verbose`` (or
 ``CONVNEXT_DOMAINS_VERBOSE=1``) shows the traceback instead.

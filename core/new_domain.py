@@ -9,7 +9,9 @@ name as a prefix (``test_dicom.py`` -> ``test_NAME_dicom.py``). The clone regist
 run its configs on the synthetic data they generate.
 
 Files appear complete or not at all (:func:`core.atomic.write_tree_atomic`); ``--dry-run``
-lists them and writes nothing; ``--into DIR`` writes into another checkout.
+lists them and writes nothing; ``--into DIR`` writes into another checkout. Afterwards the
+configuration reference in the target's README.md is regenerated, since the clone's configs add
+classes to it (``tests/test_config_reference.py`` would fail on a stale one).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import importlib
 import importlib.util
 import keyword
 import re
+import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -191,6 +195,28 @@ def write_clone(plan: ClonePlan) -> list[Path]:
         return write_tree_atomic(plan.target, plan.files, label=f"new-domain-{plan.name}")
 
 
+def refresh_config_reference(target: Path) -> str:
+    """Regenerate the configuration reference of ``target``'s README.md in a child process.
+
+    A child process, so the classes are imported from ``target`` (``--into`` another checkout)
+    and not from this one. Returns a line for the summary: what was done, or the command to run.
+    """
+    from core.config_reference import REGENERATE, START
+
+    readme = target / "README.md"
+    if not readme.is_file() or START not in readme.read_text(encoding="utf-8"):
+        return f"no configuration reference to update ({readme} has no {START} marker)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(target), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-m", "core.config_reference", "--write", "--readme",
+                             str(readme)], cwd=target, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return (f"warning: the configuration reference in {readme} was not updated ({last}); "
+                f"fix that, then run `{REGENERATE}` in {target}")
+    return f"updated the configuration reference in {readme}"
+
+
 def summary(plan: ClonePlan, dry_run: bool) -> str:
     """The files written (or, for a dry run, that would be), and what to do next."""
     verb = "would write" if dry_run else "wrote"
@@ -230,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.dry_run:
         write_clone(plan)
     print(summary(plan, args.dry_run))
+    if not args.dry_run:
+        print(refresh_config_reference(plan.target))
 
 
 if __name__ == "__main__":
