@@ -72,18 +72,10 @@ def _canonical(name: str) -> str:
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([^;]*)")
 
 
-def _declared_requirements() -> dict[str, str]:
-    """``{canonical name: requirement}`` from the installed convnext-domains' metadata.
-
-    That metadata is pyproject.toml's dependencies and extras, so the floors are declared once.
-    """
-    try:
-        declared = importlib.metadata.requires(DISTRIBUTION) or []
-    except importlib.metadata.PackageNotFoundError as err:
-        raise DataError(f"{DISTRIBUTION} is not installed, so its declared requirements are "
-                        "unknown; install it (pip install -e '.[export]') and export again") from err
+def _requirements_of(distribution: str) -> dict[str, str]:
+    """``{canonical name: requirement}`` from an installed distribution's metadata."""
     found: dict[str, str] = {}
-    for text in declared:
+    for text in importlib.metadata.requires(distribution) or []:
         match = _REQUIREMENT.match(text)
         if match:
             name, specifier = match.group(1), match.group(2).replace(" ", "")
@@ -91,14 +83,43 @@ def _declared_requirements() -> dict[str, str]:
     return found
 
 
+def _declared_requirements() -> dict[str, str]:
+    """``{canonical name: requirement}`` from the installed convnext-domains' metadata.
+
+    That metadata is pyproject.toml's dependencies and extras, so the floors are declared once.
+    """
+    try:
+        return _requirements_of(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise DataError(f"{DISTRIBUTION} is not installed, so its declared requirements are "
+                        "unknown; install it (pip install -e '.[export]') and export again") from err
+
+
+def reader_distribution(reader: str) -> str | None:
+    """The installed distribution (other than ours) that ships a plug-in ``reader``'s module."""
+    top = type(READERS[reader]).__module__.split(".")[0]
+    owners = [d for d in importlib.metadata.packages_distributions().get(top, [])
+              if _canonical(d) != DISTRIBUTION]
+    return owners[0] if owners else None
+
+
 def predictor_requirements(reader: str) -> list[str]:
-    """requirements.txt lines of a ``reader`` bundle, with the project's version floors."""
+    """requirements.txt lines of a ``reader`` bundle, with the declared version floors.
+
+    A package is looked up in convnext-domains' requirements first, then, for a plug-in reader
+    that another distribution ships, in that distribution's own requirements: a plug-in
+    declares the floors of what its reader needs where it declares its other dependencies.
+    """
     declared = _declared_requirements()
+    plugin = reader_distribution(reader)
+    if plugin is not None:
+        declared = {**_requirements_of(plugin), **declared}
     lines = []
     for package in (*BASE_PACKAGES, *READERS[reader].packages):
         if _canonical(package) not in declared:
-            raise DataError(f"{DISTRIBUTION} declares no requirement for {package}, which the "
-                            f"'{reader}' predictor needs; add it to pyproject.toml")
+            where = f"{DISTRIBUTION}'s pyproject.toml" + (f" or {plugin}'s" if plugin else "")
+            raise DataError(f"no installed requirement declares {package}, which the '{reader}' "
+                            f"predictor needs; declare it (with a version floor) in {where}")
         lines.append(declared[_canonical(package)])
     return lines
 

@@ -21,8 +21,8 @@ import contextlib
 import importlib
 import importlib.util
 import keyword
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

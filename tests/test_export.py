@@ -515,8 +515,32 @@ def test_requirement_floors_come_from_the_declared_requirements(monkeypatch):
     monkeypatch.setattr(export.importlib.metadata, "requires", lambda name: declared)
     assert export.predictor_requirements("geotiff_scene") == [
         "onnxruntime>=1.18", "numpy>=9.9", "Pillow>=10", "rasterio>=1.3"]
-    with pytest.raises(DataError, match="declares no requirement for pydicom.*pyproject.toml"):
+    with pytest.raises(DataError, match="no installed requirement declares pydicom.*pyproject.toml"):
         export.predictor_requirements("dicom")
+
+
+def test_a_plugin_readers_floors_come_from_its_own_distribution(tmp_path, monkeypatch):
+    # A reader shipped by another distribution declares its packages there, not in our
+    # pyproject.toml (export used to refuse every package convnext-domains does not declare).
+    from core.export_predictor import reader_distribution
+    from tests.fake_plugin.reader import NpyReader
+
+    reader = "tests.fake_plugin.reader:NPY"
+    monkeypatch.setattr(NpyReader, "packages", ("h5py",))
+    with pytest.raises(DataError, match="no installed requirement declares h5py.*pyproject.toml"):
+        export.predictor_requirements(reader)
+    info = tmp_path / "acme_npy_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-npy-plugin\nVersion: 0.1\n"
+                                   "Requires-Dist: h5py >=3.8\nRequires-Dist: numpy>=1.20\n")
+    (info / "top_level.txt").write_text("tests\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert reader_distribution(reader) == "acme-npy-plugin"
+    lines = export.predictor_requirements(reader)
+    assert "h5py>=3.8" in lines
+    # Our own floor wins for a package both declare.
+    ours = [line for line in export.predictor_requirements("image") if line.lower().startswith("numpy")]
+    assert [line for line in lines if line.lower().startswith("numpy")] == ours
 
 
 def test_unknown_reader_kind_is_a_clear_error():
