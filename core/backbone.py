@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -149,3 +150,15 @@ def output_shapes(backbone: ConvNeXtBackbone, size: int = 64) -> list[tuple[int,
     """Shapes of each pyramid level for a ``size``x``size`` input (a quick sanity check)."""
     x = torch.zeros(1, backbone.model.stem[0].in_channels, size, size)
     return [tuple(t.shape) for t in backbone.forward_pyramid(x)]
+
+
+def backbone_from_hparams(hparams: Any, num_classes: int = 0) -> ConvNeXtBackbone:
+    """The ConvNeXt a task's hyperparameters describe (``backbone``, ``depths``, ``dims``,
+    ``in_chans``, ``drop_path_rate``, ``pretrained``, ``channel_names``): the one place that
+    turns the shared config keys of every task into an encoder."""
+    return ConvNeXtBackbone(
+        hparams.backbone, hparams.depths, hparams.dims, in_chans=hparams.in_chans,
+        num_classes=num_classes, drop_path_rate=hparams.drop_path_rate,
+        pretrained=hparams.pretrained, rgb_index=weights.rgb_index_from_names(hparams.channel_names),
+    )
+

@@ -21,12 +21,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor
 
 from core.atomic import write_atomic
-from core.backbone import ConvNeXtBackbone
+from core.backbone import backbone_from_hparams
 from core.checkpointing import default_checkpoints
 from core.errors import DataError
 from core.fcmae import FCMAE, random_patch_mask
 from core.recipe import adamw_warmup_cosine, recipe_param_groups
-from core.weights import rgb_index_from_names
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ class FCMAETask(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        encoder = ConvNeXtBackbone(backbone, depths, dims, in_chans=in_chans, num_classes=0,
-                                   drop_path_rate=drop_path_rate, pretrained=pretrained,
-                                   rgb_index=rgb_index_from_names(channel_names))
+        encoder = backbone_from_hparams(self.hparams, num_classes=0)
         self.fcmae = FCMAE(encoder, in_chans, patch_size, mask_ratio, decoder_dim, decoder_depth,
                            norm_pix_loss)
         self._shown: Tensor | None = None

@@ -12,14 +12,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from core.backbone import ConvNeXtBackbone
+from core.backbone import ConvNeXtBackbone, backbone_from_hparams
 from core.bundle import SCHEMA_VERSION
 from core.checkpointing import default_checkpoints
 from core.contracts import CHECKPOINT_SCHEMA_KEY
 from core.ema import ParameterEMA
 from core.readers import contract_json
 from core.recipe import adamw_warmup_cosine, recipe_param_groups
-from core.weights import parse_pretrained, rgb_index_from_names
+from core.weights import parse_pretrained
 
 STAGES = ("train", "val", "test")
 
@@ -100,12 +100,7 @@ class ConvNeXtTask(LightningModule):
 
     def build_backbone(self, num_classes: int) -> ConvNeXtBackbone:
         """The configured ConvNeXt; ``num_classes=0`` for tasks with their own head."""
-        h = self.hparams
-        return ConvNeXtBackbone(
-            h.backbone, h.depths, h.dims, in_chans=h.in_chans, num_classes=num_classes,
-            drop_path_rate=h.drop_path_rate, pretrained=h.pretrained,
-            rgb_index=rgb_index_from_names(h.channel_names),
-        )
+        return backbone_from_hparams(self.hparams, num_classes)
 
     def head_modules(self) -> list[nn.Module]:
         """Modules outside the timm model (e.g. a segmentation decoder): full lr, never frozen."""
