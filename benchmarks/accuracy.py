@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py elpv   [--config configs/manufacturing/elpv_best.yaml]
                                          [--pretrain-config configs/manufacturing/elpv_pretrain.yaml]
                                          [--label-mode binary|4class] [--seeds 0 1 2] [--set KEY=VALUE ...]
+                                         [--pretrain-set KEY=VALUE ...]
     python benchmarks/accuracy.py ct     [--epochs 30] [--pretrain-epochs 0]
     python benchmarks/accuracy.py landsat [--epochs 30] [--pretrain-epochs 0]
     add --results benchmarks/RESULTS.md to append the table, the date and the machine there.
@@ -13,7 +14,8 @@ binary label is "defect probability >= 0.5". Test accuracy is at the argmax; the
 rate is at the operating point chosen on validation for 95% defect recall. With
 ``--pretrain-config`` each seed first runs FCMAE on that seed's training split (no labels) and
 fine-tunes from the weights it wrote. Everything runs through the same LightningCLI configs a
-user runs; ``--set`` adds command-line overrides (``--set trainer.max_epochs=10``).
+user runs; ``--set`` adds command-line overrides to fine-tuning (``--set trainer.max_epochs=10``),
+``--pretrain-set`` to pretraining.
 
 CT contrast and NC Landsat (../shared/realdata) use the protocols of benchmarks/medical.py and
 benchmarks/agriculture.py (patient splits; spatial-block splits), one split per seed.
@@ -66,7 +68,7 @@ def _overrides(pairs: Sequence[str]) -> list[str]:
 
 
 def elpv_run(seed: int, config: str, pretrain_config: str | None, label_mode: str, sets: Sequence[str],
-             out: Path) -> dict:
+             out: Path, pretrain_sets: Sequence[str] = ()) -> dict:
     """Optional FCMAE pretraining, then fine-tuning and testing, on the split of ``seed``."""
     common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
               f"--data.init_args.label_mode={label_mode}", "--trainer.enable_progress_bar=false",
@@ -75,7 +77,8 @@ def elpv_run(seed: int, config: str, pretrain_config: str | None, label_mode: st
     pretrained: list[str] = []
     if pretrain_config:
         cli = _cli(["--config", pretrain_config, *common, f"--trainer.default_root_dir={out}",
-                    f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name=pretrain_{seed}"])
+                    f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name=pretrain_{seed}",
+                    *_overrides(pretrain_sets)])
         start = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         result["pretrain_s"] = time.perf_counter() - start
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-mode", default="binary", choices=["binary", "4class"])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="ELPV: extra config override, repeatable")
+    parser.add_argument("--pretrain-set", dest="pretrain_sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="ELPV: override of the pretraining config, repeatable")
     parser.add_argument("--epochs", type=int, default=30, help="CT / Landsat fine-tuning epochs")
     parser.add_argument("--pretrain-epochs", type=int, default=0, help="CT / Landsat FCMAE epochs (0: none)")
     parser.add_argument("--results", default=None, help="append the table to this markdown file")
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             run_out = out / f"{args.protocol}_{seed}"
             run_out.mkdir(parents=True, exist_ok=True)
             if args.protocol == "elpv":
-                r = elpv_run(seed, args.config, args.pretrain_config, args.label_mode, args.sets, run_out)
+                r = elpv_run(seed, args.config, args.pretrain_config, args.label_mode, args.sets, run_out,
+                             args.pretrain_sets)
             elif args.protocol == "ct":
                 r = ct_run(seed, args.epochs, args.pretrain_epochs, run_out)
             else:
@@ -188,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.protocol == "elpv":
         title = (f"ELPV {args.label_mode}, config {args.config}"
                  + (f" after FCMAE ({args.pretrain_config})" if args.pretrain_config else ", no pretraining")
+                 + (f", pretraining overrides {' '.join(args.pretrain_sets)}" if args.pretrain_sets else "")
                  + (f", overrides {' '.join(args.sets)}" if args.sets else "")
                  + f"; {rows[0]['test_cells']} test cells per split")
         columns = ELPV_METRICS
