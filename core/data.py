@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import bisect
 import fnmatch
 import hashlib
 import logging
@@ -213,6 +214,71 @@ def matches_patterns(relative: Path, patterns: Sequence[str], jpeg_stems: Collec
         elif fnmatch.fnmatchcase(name, pattern):
             return True
     return False
+
+
+def find_mask(image: Path, patterns: Sequence[str] = DEFAULT_MASK_PATTERNS,
+              listings: dict[Path, tuple[list[str], list[Path]]] | None = None) -> Path | None:
+    """The mask stored beside an image under one of ``patterns`` (the inverse of
+    :func:`matches_patterns`); the first pattern with a match wins, then the first name sorted.
+
+    For ``x.jpg``: ``*_mask.*`` finds ``x_mask.png``; ``{stem}.*`` finds ``x.png`` (any
+    non-JPEG image, and only beside a JPEG); a folder pattern ``masks/`` finds ``masks/x.*``
+    or a file-pattern name (``masks/x_mask.png``) in a sub-folder of the image's folder.
+
+    Args:
+        image: the image file.
+        patterns: mask patterns, as :data:`DEFAULT_MASK_PATTERNS`.
+        listings: a cache of folder listings shared across calls, so a folder of thousands of
+            images is listed once (pass the same dict for every image of a scan).
+    """
+    listings = {} if listings is None else listings
+    stem, is_jpeg = image.stem.lower(), image.suffix.lower() in JPEG_EXTENSIONS
+
+    def listing(folder: Path) -> tuple[list[str], list[Path]]:
+        """(sorted lower-case names, entries) of a folder, hidden entries left out."""
+        if folder not in listings:
+            entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                             key=lambda p: p.name.lower()) if folder.is_dir() else []
+            listings[folder] = ([p.name.lower() for p in entries], entries)
+        return listings[folder]
+
+    def first(folder: Path, tails: Sequence[tuple[str, bool]]) -> Path | None:
+        """The first entry named stem + a tail glob; the tails are the same for every image,
+        so their compiled patterns are cached (a glob with the stem in it would compile anew
+        for every image)."""
+        names, entries = listing(folder)
+        start, stop = bisect.bisect_left(names, stem), bisect.bisect_right(names, stem + "\uffff")
+        for tail, jpeg_allowed in tails:
+            for name, entry in zip(names[start:stop], entries[start:stop], strict=True):
+                suffix = entry.suffix.lower()
+                if (entry != image and suffix in IMAGE_EXTENSIONS and (jpeg_allowed or suffix not in JPEG_EXTENSIONS)
+                        and fnmatch.fnmatchcase(name[len(stem):], tail)):
+                    return entry
+        return None
+
+    def tail_of(pattern: str) -> tuple[str, bool] | None:
+        """(glob of the mask name after the image's stem, whether a JPEG may be the mask);
+        masks are never saved lossy, so the ``{stem}`` rule only pairs a lossless file with a JPEG."""
+        if pattern.startswith(_STEM):
+            return (pattern[len(_STEM):], False) if is_jpeg else None
+        if pattern.startswith("*"):
+            return pattern[1:], True
+        return None  # a fixed name ("mask.png") does not tie a file to one image
+
+    lowered = [p.lower() for p in patterns]
+    file_tails = [t for p in lowered if not p.endswith("/") and (t := tail_of(p))]
+    for pattern in lowered:
+        if pattern.endswith("/"):
+            names, entries = listing(image.parent)
+            subs = [e for n, e in zip(names, entries, strict=True)
+                    if fnmatch.fnmatchcase(n, pattern.rstrip("/")) and e.is_dir()]
+            hit = next((h for d in subs if (h := first(d, [(".*", True), *file_tails]))), None)
+        else:
+            tail = tail_of(pattern)
+            hit = first(image.parent, [tail]) if tail else None
+        if hit is not None:
+            return hit
+    return None
 
 
 def scan_class_folders(

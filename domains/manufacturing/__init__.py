@@ -2,7 +2,9 @@
 
 from core.lazy import lazy_exports
 
-__all__ = ["DefectClassificationTask", "DefectFolderDataModule", "ELPVDataModule"]
+__all__ = ["DefectClassificationTask", "DefectDetectionDataModule", "DefectFolderDataModule",
+           "ELPVDataModule"]
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "DefectClassificationTask": "task", "DefectFolderDataModule": "folder", "ELPVDataModule": "elpv",
+    "DefectClassificationTask": "task", "DefectDetectionDataModule": "detection",
+    "DefectFolderDataModule": "folder", "ELPVDataModule": "elpv",
 })

@@ -32,6 +32,22 @@ from core.filescan import (
 log = logging.getLogger(__name__)
 
 
+def scan_defect_folders(root: str | Path, extensions: list[str] | None = None,
+                        mask_patterns: list[str] | None = None) -> tuple[list[Path], list[str], list[str]]:
+    """Images of ``root/<class>/`` folders: (files, class folder per file, sorted class folders).
+
+    Args:
+        root: the folder of class folders.
+        extensions: image file endings (with or without the dot, any case); None: all common.
+        mask_patterns: files and folders that are masks, not images (see
+            :data:`core.data.DEFAULT_MASK_PATTERNS`, the default); ``[]`` keeps everything.
+    """
+    suffixes = ([e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions]
+                if extensions else IMAGE_EXTENSIONS)
+    patterns = DEFAULT_MASK_PATTERNS if mask_patterns is None else mask_patterns
+    return scan_class_folders(root, suffixes, exclude=patterns)
+
+
 class DefectFolderDataModule(ConvNeXtDataModule):
     """Defect images from ``root/<class>/*.png`` folders or a CSV manifest.
 
@@ -81,10 +97,7 @@ class DefectFolderDataModule(ConvNeXtDataModule):
     # -- the sample list --
     def _from_folders(self) -> tuple[list[Path], list[str], list[str], None]:
         h = self.hparams
-        extensions = ([e.lower() if e.startswith(".") else f".{e.lower()}" for e in h.extensions]
-                      if h.extensions else IMAGE_EXTENSIONS)
-        patterns = DEFAULT_MASK_PATTERNS if h.mask_patterns is None else h.mask_patterns
-        files, names, _ = scan_class_folders(h.root, extensions, exclude=patterns)
+        files, names, _ = scan_defect_folders(h.root, h.extensions, h.mask_patterns)
         return files, names, [f"class folder '{n}'" for n in names], None
 
     def _from_manifest(self) -> tuple[list[Path], list[str], list[str], list[str] | None]:

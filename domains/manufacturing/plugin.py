@@ -10,4 +10,5 @@ from __future__ import annotations
 from core.plugins import DomainPlugin
 
 PLUGIN = DomainPlugin(name="manufacturing",
-                      tests=("test_folder_data.py", "test_manufacturing_configs.py"))
+                      tests=("test_folder_data.py", "test_manufacturing_configs.py",
+                             "test_manufacturing_detection.py"))
