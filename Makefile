@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,export,medical,agriculture]"
+	$(BIN)/pip install --quiet -e ".[dev,export,medical,agriculture,detection]"
 	touch $@
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
@@ -30,7 +30,7 @@ test: $(STAMP_DEV)
 $(STAMP_MIN): pyproject.toml tests/constraints-min.txt
 	$(PYTHON) -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/pip install --quiet --upgrade pip
-	$(VENV_MIN)/bin/pip install --quiet -c tests/constraints-min.txt -e ".[dev,export,medical,agriculture]"
+	$(VENV_MIN)/bin/pip install --quiet -c tests/constraints-min.txt -e ".[dev,export,medical,agriculture,detection]"
 	touch $@
 
 test-min: $(STAMP_MIN)

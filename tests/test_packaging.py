@@ -9,7 +9,7 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 
 ROOT = Path(__file__).resolve().parents[1]
 # Extras `make test-min` installs; demo (a data set) and medical-gpl (GPL decoder) are not.
-TESTED_EXTRAS = ("medical", "agriculture", "export", "dev")
+TESTED_EXTRAS = ("medical", "agriculture", "export", "detection", "dev")
 LOCAL_PAIR = {"torch", "torchvision"}
 
 
