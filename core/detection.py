@@ -443,7 +443,7 @@ class DetectionTask(ConvNeXtTask):
             return float(self.threshold)
         if not getattr(self, "_default_threshold_said", False):
             log.warning("no operating point was chosen on validation (target_recall is null, no "
-                        "validation run, or no true boxes in it): keeping detections with "
+                        "validation run, or no object detected in it): keeping detections with "
                         "score >= 0.5")
             self._default_threshold_said = True
         return 0.5

@@ -306,6 +306,9 @@ def test_fit_derives_anchors_keeps_ema_and_threshold_and_test_writes_the_report(
     saved = torch.load(best, weights_only=False)
     assert saved["hyper_parameters"]["anchor_sizes"] == expected
     assert "detector.backbone.body.model.stem.0.weight" in saved["state_dict"]
+    reloaded = OracleScores.load_from_checkpoint(best)  # anchors come back as hyperparameters
+    assert [list(s) for s in reloaded.anchors.sizes] == expected
+    assert float(reloaded.threshold) == pytest.approx(OracleScores.hit)
 
     fresh = OracleScores(detector="retinanet", num_classes=2, class_names=["wide", "tall"], **SMALL)
     assert torch.isnan(fresh.threshold)
