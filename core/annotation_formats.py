@@ -304,12 +304,14 @@ def _yolo_layout(path: Path) -> tuple[Path, dict[str, Any] | None, Path | None]:
 
 
 def _yolo_images(root: Path, config: dict[str, Any] | None, yaml_file: Path | None
-                 ) -> list[tuple[Path, str | None]]:
-    """(image, split) pairs: the data.yaml split entries when it has them, else every image."""
+                 ) -> tuple[list[tuple[Path, str | None]], list[Path]]:
+    """(image, split) pairs: the data.yaml split entries when it has them, else every image;
+    and the text files that list images (not label files)."""
     entries = {key: config[key] for key in _YOLO_SPLITS if config and config.get(key)}
     if not entries:
-        return [(p, None) for p in _image_files(root) if "labels" not in p.relative_to(root).parts]
+        return [(p, None) for p in _image_files(root) if "labels" not in p.relative_to(root).parts], []
     found: list[tuple[Path, str | None]] = []
+    lists: list[Path] = []
     for key, value in entries.items():
         for entry in value if isinstance(value, list) else [value]:
             target = _yaml_entry(root, str(entry))
@@ -319,11 +321,12 @@ def _yolo_images(root: Path, config: dict[str, Any] | None, yaml_file: Path | No
             if target.is_dir():
                 found += [(p, _YOLO_SPLITS[key]) for p in _image_files(target)]
             else:  # a text file listing images, one per line, relative to the root
+                lists.append(target.resolve())
                 for line in read_text(target, "YOLO image list").splitlines():
                     if line.strip():
                         p = Path(line.strip())
                         found.append((p if p.is_absolute() else root / p, _YOLO_SPLITS[key]))
-    return found
+    return found, lists
 
 
 def yolo_class_names(root: Path, config: dict[str, Any] | None, yaml_file: Path | None,
@@ -394,12 +397,17 @@ def parse_yolo(path: Path, class_order: Sequence[str] | None = None) -> Parsed:
     if not root.is_dir():
         raise AnnotationError(f"YOLO data set folder '{root}' does not exist; check data.init_args.annotations")
     names, names_from = yolo_class_names(root, config, yaml_file, class_order)
-    images = _yolo_images(root, config, yaml_file)
+    images, lists = _yolo_images(root, config, yaml_file)
     if not images:
         raise AnnotationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found for the YOLO data set "
                               f"'{root}'")
     out = Parsed([], names)
-    used: set[Path] = set()
+    given = {split for _, split in images if split is not None}
+    if given and given != {"train", "val", "test"}:
+        out.notes.append(f"'{yaml_file}' gives the splits {sorted(given)} and no "
+                         f"{sorted({'train', 'val', 'test'} - given)}: those stay empty (val_fraction and "
+                         "test_fraction do not apply to given splits)")
+    used: set[Path] = set(lists)
     unlabelled: list[Path] = []
     for image, split in images:
         label_file = yolo_label_file(image)

@@ -223,6 +223,9 @@ def parse(path: str | Path, fmt: AnnotationFormat, options: AnnotationOptions) -
             names = ["object"]
             log.warning("binary masks without class_order: every object is class 'object' (set "
                         "data.init_args.class_order: [name] to name it)")
+        elif options.mask_values is None and len(names) > 1:
+            raise DataError(f"binary masks hold one class, but class_order names {len(names)} {names}; "
+                            "set mask_values to the mask value of each class")
         return parse_mask_pairs(pair_masks(path, images), names, options.mask_values,
                                 options.mask_threshold, options.min_mask_area)
     raise DataError(f"format is '{fmt}'; use one of {['auto', *FORMATS]}")

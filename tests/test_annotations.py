@@ -415,3 +415,38 @@ def test_unclear_format_names_the_option(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     with pytest.raises(DataError, match="set data.init_args.format"):
         detect_format(tmp_path / "a.csv")
+
+
+def test_find_mask_inverts_the_mask_patterns(tmp_path):
+    from core.data import find_mask
+
+    for name in ("a.jpg", "a.png", "b.png", "b_mask.png", "c.jpg", "c_GT.bmp", "d.png", "e.jpg", "e_label.jpg"):
+        write_image(tmp_path / name, 4, 4)
+    write_image(tmp_path / "masks" / "d.png", 4, 4)
+    listings: dict = {}
+    found = {n: find_mask(tmp_path / n, listings=listings) for n in ("a.jpg", "b.png", "c.jpg", "d.png", "e.jpg")}
+    assert {n: m.relative_to(tmp_path).as_posix() if m else None for n, m in found.items()} == {
+        "a.jpg": "a.png",  # a lossless file beside a JPEG of the same stem
+        "b.png": "b_mask.png", "c.jpg": "c_GT.bmp", "d.png": "masks/d.png", "e.jpg": "e_label.jpg"}
+    assert find_mask(tmp_path / "a.png") is None  # a PNG has no {stem} mask: never the JPEG
+
+
+def test_binary_masks_with_several_classes_need_mask_values(tmp_path):
+    write_image(tmp_path / "x.jpg", 8, 8, mode="L")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(DataError, match="binary masks hold one class.*set mask_values"):
+        read(tmp_path, "masks", class_order=["scratch", "dent"])
+
+
+def test_yolo_image_list_files_are_not_stray_labels(tmp_path, caplog):
+    root = tmp_path / "y"
+    for name in ("a", "b"):
+        write_image(root / "images" / f"{name}.png", 10, 10)
+        (root / "labels").mkdir(exist_ok=True)
+        (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    (root / "train.txt").write_text("images/a.png\n")
+    (root / "val.txt").write_text("images/b.png\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: val.txt\nnames: [pit]\n")
+    found, _ = read(root)
+    assert sorted((Path(a.path).name, a.split) for a in found.images) == [("a.png", "train"), ("b.png", "val")]
+    assert "without an image" not in caplog.text and "no ['test']" in caplog.text

@@ -242,3 +242,17 @@ def test_options_are_checked():
         DetectionDataModule(annotations="x.json", on_bad_annotation="ignore")
     with pytest.raises(DataError, match="needs data.init_args.annotations"):
         DetectionDataModule().setup("fit")
+
+
+def test_lightning_cli_links_the_object_classes_and_channels(tmp_path):
+    from core.cli import run_cli
+
+    from .conftest import TINY_ARGS
+
+    cli = run_cli(["--model=core.classification.ClassificationTask", *TINY_ARGS,
+                   "--model.init_args.pretrained=false", "--data=core.detection_data.DetectionDataModule",
+                   f"--data.init_args.annotations={coco_dataset(tmp_path)}", "--data.init_args.format=coco",
+                   "--data.init_args.class_order=[dent, scratch]", "--data.init_args.image_size=16",
+                   "--trainer.logger=false"], run=False)
+    h = cli.model.hparams
+    assert (list(h.class_names), h.num_classes, h.in_chans) == (["dent", "scratch"], 2, 3)
