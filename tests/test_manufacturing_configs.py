@@ -30,8 +30,17 @@ def folder_data(tmp_path, monkeypatch) -> list[str]:
     return [f"--data.init_args.root={make_defect_folders(tmp_path / 'defects', per_class=8)}"]
 
 
+def defect_mask_data(tmp_path, monkeypatch) -> list[str]:
+    """Magnetic-tile-like defect folders with masks beside the images, and a good folder."""
+    from .test_manufacturing_detection import magnetic_tile_layout
+
+    return [f"--data.init_args.root={magnetic_tile_layout(tmp_path / 'tiles', per_class=6)}",
+            "--data.init_args.good_class=MT_Free"]
+
+
 # Per datamodule of configs/manufacturing/: how to give it tiny synthetic data.
-SYNTHETIC_DATA = {"ELPVDataModule": elpv_data, "DefectFolderDataModule": folder_data}
+SYNTHETIC_DATA = {"ELPVDataModule": elpv_data, "DefectFolderDataModule": folder_data,
+                  "DefectDetectionDataModule": defect_mask_data}
 
 
 def test_the_domain_has_configs():
