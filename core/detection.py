@@ -42,6 +42,7 @@ from core.detectors import (
     RCNN,
     anchor_generator,
     build_detector,
+    pyramid_strides,
 )
 from core.task import ConvNeXtTask
 
@@ -180,7 +181,7 @@ class DetectionTask(ConvNeXtTask):
         # the optimizer without a gradient, so it goes (as in segmentation).
         body.model.norm_pre = nn.Identity()
         body.model.head = nn.Identity()
-        sizes, ratios = self._initial_anchors()
+        sizes, ratios = self._initial_anchors(len(pyramid_strides(self.kind, body.strides)))
         focal = None
         if h.focal_alpha is not None or h.focal_gamma is not None:
             focal = (DEFAULT_FOCAL[0] if h.focal_alpha is None else float(h.focal_alpha),
@@ -230,17 +231,17 @@ class DetectionTask(ConvNeXtTask):
 
     @property
     def num_levels(self) -> int:
-        """Pyramid levels of the anchor-based detectors (4 stages + 1, or 3 stages + 2)."""
-        return 5
+        """Pyramid levels (5 for the usual 4 ConvNeXt stages: P3-P7 or P2-P6)."""
+        return len(self.detector.backbone.strides)
 
-    def _initial_anchors(self) -> tuple[list[list[float]] | None, list[float]]:
+    def _initial_anchors(self, levels: int) -> tuple[list[list[float]] | None, list[float]]:
         if not self.uses_anchors:
             return None, [1.0]
         h = self.hparams
         per_level = anchor_rules.SIZES_PER_LEVEL[self.kind]
-        sizes = (anchor_rules.check_anchor_sizes(h.anchor_sizes, self.num_levels)
+        sizes = (anchor_rules.check_anchor_sizes(h.anchor_sizes, levels)
                  if h.anchor_sizes is not None
-                 else anchor_rules.default_anchor_sizes(self.num_levels, per_level))
+                 else anchor_rules.default_anchor_sizes(levels, per_level))
         ratios = (anchor_rules.check_aspect_ratios(h.aspect_ratios) if h.aspect_ratios is not None
                   else list(anchor_rules.DEFAULT_RATIOS))
         return sizes, ratios

@@ -27,6 +27,16 @@ DEFAULT_NMS = {"fcos": 0.6, "retinanet": 0.5, "faster_rcnn": 0.5, "mask_rcnn": 0
 DEFAULT_FOCAL = (0.25, 2.0)
 
 
+def pyramid_strides(kind: str, stage_strides: list[int]) -> list[int]:
+    """Strides of the pyramid levels a detector gets from ConvNeXt stages of ``stage_strides``:
+    the R-CNNs all stages plus a max-pooled level, fcos/retinanet the stages from stride 8 plus
+    P6 and P7 (5 levels each for the usual 4 stages)."""
+    last = stage_strides[-1]
+    if kind in RCNN:
+        return list(stage_strides) + [2 * last]
+    return [s for s in stage_strides if s >= 8] + [2 * last, 4 * last]
+
+
 # ---- backbone: ConvNeXt stages + FPN ------------------------------------------------------
 class ConvNeXtFPN(nn.Module):
     """The backbone torchvision's detectors take: ConvNeXt stages into a feature pyramid network.
@@ -37,23 +47,21 @@ class ConvNeXtFPN(nn.Module):
 
     Args:
         body: the ConvNeXt (any timm variant, depths/dims, in_chans or weights).
-        min_stride: finest stage stride fed to the FPN.
         out_channels: channels of every pyramid level (``.out_channels``, read by torchvision).
         extra: ``"p6p7"`` or ``"maxpool"``: the levels added above the last stage.
     """
 
-    def __init__(self, body: ConvNeXtBackbone, min_stride: int, out_channels: int,
+    def __init__(self, body: ConvNeXtBackbone, out_channels: int,
                  extra: Literal["p6p7", "maxpool"]) -> None:
         super().__init__()
         self.body = body
-        self.stages = [i for i, s in enumerate(body.strides) if s >= min_stride]
-        last = body.strides[-1]
+        kind = "retinanet" if extra == "p6p7" else "faster_rcnn"
+        self.strides = pyramid_strides(kind, body.strides)
+        self.stages = [i for i, s in enumerate(body.strides) if s in self.strides]
         block = LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
         self.fpn = FeaturePyramidNetwork([body.channels[i] for i in self.stages], out_channels,
                                          extra_blocks=block)
         self.out_channels = out_channels
-        self.strides = [body.strides[i] for i in self.stages] + (
-            [2 * last, 4 * last] if extra == "p6p7" else [2 * last])
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         levels = self.body.forward_pyramid(x)
@@ -144,14 +152,14 @@ def build_detector(kind: str, body: ConvNeXtBackbone, num_classes: int, in_chans
     background class 0), so their labels are the object class + 1.
     """
     if kind in RCNN:
-        backbone = ConvNeXtFPN(body, body.strides[0], fpn_channels, "maxpool")
+        backbone = ConvNeXtFPN(body, fpn_channels, "maxpool")
         generator = anchor_generator(sizes, ratios)
         cls = MaskRCNN if kind == "mask_rcnn" else FasterRCNN
         model = cls(backbone, num_classes=num_classes + 1, rpn_anchor_generator=generator,
                     box_score_thresh=score_thresh, box_nms_thresh=nms_thresh,
                     box_detections_per_img=detections_per_img)
     else:
-        backbone = ConvNeXtFPN(body, 8, fpn_channels, "p6p7")
+        backbone = ConvNeXtFPN(body, fpn_channels, "p6p7")
         if kind == "fcos":
             # Anchor-free: one "anchor" per location of the stride's size sets FCOS's scale
             # ranges per level (objects of 4-8 strides), as torchvision's FCOS does.
