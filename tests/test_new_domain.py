@@ -121,6 +121,8 @@ def test_clone_has_the_templates_files_renamed(project, template, name):
         free = re.sub(r"convnext-domains\[[^\]]*\]|\bEXTRA = \"\w+\"", "", free)
         left = re.search(rf"(?<![A-Za-z]){template}(?![A-Za-z])", free, re.IGNORECASE)
         assert left is None, f"{path}: '{template}' left at {free[max(0, left.start() - 60):left.end() + 20]!r}"
+    if template == "agriculture":  # regression: its demo folder was "agri_demo", left unrenamed
+        assert f"data/{name}_demo/scene.tif" in (project / "configs" / name / "segmentation.yaml").read_text()
     for config in (project / "configs" / name).glob("*.yaml"):
         loaded = yaml.safe_load(config.read_text())
         paths = [loaded["model"]["class_path"], loaded["data"]["class_path"]]

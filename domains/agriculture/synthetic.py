@@ -1,6 +1,6 @@
 """Write a synthetic multispectral demo scene so the agriculture configs run without data.
 
-    python -m domains.agriculture.synthetic data/agri_demo [--size 512] [--sparse 0.02]
+    python -m domains.agriculture.synthetic data/agriculture_demo [--size 512] [--sparse 0.02]
 
 Fields are rectangles of three land covers whose spectra differ (water: low NIR; crop: high
 NIR, low red; bare soil: flat, bright), so the class of each pixel follows from its band
