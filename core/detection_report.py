@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.reporting import _finite_or_none, _jsonable, _save, plt
+from core.reporting import finite_or_none, json_default, plt, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def write_detection_report(
         return None
     out = Path(log_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scalars = {k.split("/", 1)[-1]: _finite_or_none(v) for k, v in metrics.items()}
+    scalars = {k.split("/", 1)[-1]: finite_or_none(v) for k, v in metrics.items()}
     report: dict[str, Any] = {
         "split": split,
         "checkpoint": checkpoint,
@@ -76,7 +76,7 @@ def write_detection_report(
     if samples:
         draw_detections(samples, class_names, out / "detections.png", threshold=threshold)
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=_jsonable))
+    path.write_text(json.dumps(report, indent=2, default=json_default))
     log.info("detection report written to %s", out)
     return path
 
@@ -111,7 +111,7 @@ def draw_detections(samples: list[SampleImage], class_names: list[str], path: Pa
         ax.set_title(str(sample.id)[-28:], fontsize=8)
     at = "" if threshold is None else f" (score >= {threshold:.3f})"
     fig.suptitle(f"green: true boxes, red: detections{at}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _box(ax: Any, box: list[float], colour: str, text: str | None) -> None:

@@ -18,7 +18,8 @@ from torchmetrics.classification import BinaryROC, MulticlassConfusionMatrix  # 
 log = logging.getLogger(__name__)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Lay out, write and close a report figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -58,7 +59,7 @@ def write_classification_report(
                                       "counts": confmat.compute().tolist()}
         fig, ax = confmat.plot(labels=class_names)
         ax.set_title("Test confusion matrix (argmax)")
-        _save(fig, out / "confusion_matrix.png")
+        save_figure(fig, out / "confusion_matrix.png")
     if operating_point is not None and scores is not None and positive is not None:
         report["operating_point"] = operating_point
         if positive.any() and (~positive).any():
@@ -75,20 +76,22 @@ def write_classification_report(
                 ax.plot([fpr], [recall], "o", color="crimson", label="operating point")
                 ax.legend(loc="lower right")
             ax.set_title("Test ROC curve")
-            _save(fig, out / "roc_curve.png")
+            save_figure(fig, out / "roc_curve.png")
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=_jsonable))
+    path.write_text(json.dumps(report, indent=2, default=json_default))
     log.info("test report written to %s", out)
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for report values: tensors as lists, anything else as text."""
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return str(value)
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """The value, or None where it is NaN/inf."""
     # Strict JSON has no NaN; an undefined score (class absent from labels and predictions) is null.
     return None if value != value or value in (float("inf"), float("-inf")) else float(value)
 
@@ -129,9 +132,9 @@ def write_segmentation_report(
     precision = tp / predicted
     per_class = {
         name: {
-            "iou": _finite_or_none(float(iou[i])),
-            "precision": _finite_or_none(float(precision[i])),
-            "recall": _finite_or_none(float(recall[i])),
+            "iou": finite_or_none(float(iou[i])),
+            "precision": finite_or_none(float(precision[i])),
+            "recall": finite_or_none(float(recall[i])),
             "pixels": int(support[i]),
         }
         for i, name in enumerate(class_names)
@@ -143,7 +146,7 @@ def write_segmentation_report(
         "num_labelled_pixels": int(counts.sum()),
         "ignore_index": ignore_index,
         "class_names": class_names,
-        "metrics": {k.split("/", 1)[-1]: _finite_or_none(v) for k, v in metrics.items()},
+        "metrics": {k.split("/", 1)[-1]: finite_or_none(v) for k, v in metrics.items()},
         "per_class_iou": {name: v["iou"] for name, v in per_class.items()},
         "per_class": per_class,
         "confusion_matrix": {"rows": "true class", "columns": "predicted class",
@@ -151,7 +154,7 @@ def write_segmentation_report(
     }
     _plot_pixel_confusion(counts, class_names, out / "confusion_matrix.png")
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=_jsonable))
+    path.write_text(json.dumps(report, indent=2, default=json_default))
     log.info("segmentation report written to %s", out)
     return path
 
@@ -175,4 +178,4 @@ def _plot_pixel_confusion(counts: Tensor, class_names: list[str], path: Path) ->
                 ax.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if share > 0.5 else "black")
     ax.set_title("Test pixel confusion matrix (row-normalised)")
-    _save(fig, path)
+    save_figure(fig, path)
