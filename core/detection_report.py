@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.reporting import finite_or_none, json_default, plt, save_figure
+from core.reporting import finite_or_none, plt, save_figure, write_json_report
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def write_detection_report(
     if samples:
         draw_detections(samples, class_names, out / "detections.png", threshold=threshold)
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=json_default))
+    write_json_report(path, report)
     log.info("detection report written to %s", out)
     return path
 

@@ -15,14 +15,24 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics.classification import BinaryROC, MulticlassConfusionMatrix  # noqa: E402
 
+from core.atomic import write_atomic  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Lay out, write and close a report figure."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Lay out, write (complete or not at all) and close a report figure."""
+    try:
+        fig.tight_layout()
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)
+
+
+def write_json_report(path: Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` as indented JSON at ``path``, complete or not at all."""
+    text = json.dumps(report, indent=2, default=json_default)
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_classification_report(
@@ -78,7 +88,7 @@ def write_classification_report(
             ax.set_title("Test ROC curve")
             save_figure(fig, out / "roc_curve.png")
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=json_default))
+    write_json_report(path, report)
     log.info("test report written to %s", out)
     return path
 
@@ -154,7 +164,7 @@ def write_segmentation_report(
     }
     _plot_pixel_confusion(counts, class_names, out / "confusion_matrix.png")
     path = out / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=json_default))
+    write_json_report(path, report)
     log.info("segmentation report written to %s", out)
     return path
 
