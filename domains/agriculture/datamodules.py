@@ -125,6 +125,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         predict_overlap: overlap of prediction tiles in pixels (blended).
         predict_output: output class map path (default: ``<log_dir>/<scene>_classes.tif``).
         write_probabilities: also write a float32 GeoTIFF of per-class probabilities.
+        val_fraction: share of the spatial blocks held out for validation.
+        test_fraction: share of the spatial blocks held out for testing.
+        augment: training augmentation level; ``dihedral`` (flips and 90° rotations) suits
+            overhead imagery, which has no "up".
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule` (``image_size`` is the
             tile size).
     """
