@@ -7,6 +7,7 @@ domain's extra from it when rasterio is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
     name = "geotiff_scene"
     contract_class = GeoTiffSceneContract
     tiled = True
+    scene_detection = True
     sample_unit = "spatial blocks of the training scene"
 
     def predict_scene(self, bundle: Any, path: Path, out: Path, batch_size: int,
@@ -93,6 +95,37 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
             stack.close()
         return target
 
+    def detect_scene(self, bundle: Any, path: Path, out: Path,
+                     detect: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     score_threshold: float) -> dict[str, Path]:
+        """Detect objects over a whole scene: overlapping tiles (the contract's tile size and
+        ``predict_overlap``) through ``detect`` (one normalised (C, H, W) float32 tile -> boxes
+        xyxy in its pixels, scores, 0-based labels), merged across tile borders and written as
+        GeoJSON (scene CRS and WGS84) and CSV (see :mod:`domains.agriculture.scene_detection`).
+        Detections with ``score >= score_threshold`` are kept."""
+        from domains.agriculture.bands import BandSpec
+        from domains.agriculture.scene import grid_windows
+        from domains.agriculture.scene_detection import SceneDetections, write_scene_detections
+
+        contract: GeoTiffSceneContract = bundle.contract
+        spec = BandSpec.from_contract(contract)
+        stack = spec.open_as_trained(str(path), contract)
+        tile = contract.tile_size
+        try:
+            scene = SceneDetections(stack.width, stack.height, tile, score_threshold)
+            for window in grid_windows(stack.width, stack.height, tile, contract.predict_overlap):
+                image, valid = spec.read(stack, window)
+                x = np.ascontiguousarray(normalize(image, contract.mean, contract.std).transpose(2, 0, 1))
+                boxes, scores, labels = detect(x)
+                scene.add(window, boxes, scores, labels, valid)
+            boxes, scores, labels = scene.merged()
+            return write_scene_detections(out, path.stem, boxes, scores, labels, list(contract.class_names),
+                                          stack.transform, stack.crs,
+                                          {"score_threshold": float(score_threshold),
+                                           "dropped": dict(scene.dropped)})
+        finally:
+            stack.close()
+
     def outputs(self, task: str) -> dict[str, str]:
         classes = SCENE_CLASSES.removesuffix(".tif")
         return {SCENE_CLASSES: "class index per pixel (255: no data), georeferenced like the scene",
@@ -109,4 +142,4 @@ GEOTIFF_SCENE = GeoTiffSceneReader()
 
 PLUGIN = DomainPlugin(name="agriculture", extra=EXTRA, readers=(GEOTIFF_PATCH, GEOTIFF_SCENE),
                       tests=("test_agriculture.py", "test_agriculture_inputs.py",
-                             "test_agriculture_configs.py"))
+                             "test_agriculture_configs.py", "test_agriculture_detection.py"))
