@@ -1,0 +1,252 @@
+"""Medical detection: a CSV box manifest over DICOM images (vendor-style files, MONOCHROME1,
+rescale slope/intercept, non-square and multi-frame), patient-level splits, bad rows, the
+per-patient sensitivity, and fit/test/predict through the CLI without identifiers in outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import run_cli
+from core.data import collate_samples
+from core.detection_data import DetectionDataset, EvalDetectionTransform
+from core.errors import DataError
+from domains.medical.detection import DicomDetectionDataModule
+from domains.medical.detection_task import MedicalDetectionTask, patient_sensitivity
+
+from .conftest import TINY, TINY_ARGS
+from .dicom_helpers import patient_identity, write_dicom
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS, COLS = 48, 64  # stored image size: non-square on purpose
+UID = "1.2.826.0.1.3680043.2.1135"
+
+
+def lesion_slice(path: Path, boxes, patient: int, k: int, inverted: bool, frames: int = 1,
+                 box_frame: int = 0) -> Path:
+    """A CT-like slice (or a multi-frame file) with a bright rectangle per box (xyxy, stored
+    pixels). MONOCHROME1 files store brightness inverted, as some X-ray vendors do; every file
+    has a rescale slope/intercept, the patient's identifiers and no identifier in its name."""
+    rng = np.random.default_rng(patient * 10 + k)
+    hu = rng.normal(0, 10, (frames, ROWS, COLS))
+    for x0, y0, x1, y1 in boxes:
+        hu[box_frame, y0:y1, x0:x1] = 400
+    # stored = (HU - intercept) / slope with slope 2, intercept -1024 (the modality LUT undoes it)
+    stored = (hu + 1024) / 2
+    if inverted:
+        stored = 4095 - stored
+    pixels = np.clip(np.rint(stored), 0, 4095).astype(np.uint16)
+    extra = {"NumberOfFrames": frames} if frames > 1 else {}
+    return write_dicom(path, pixels if frames > 1 else pixels[0],
+                       photometric="MONOCHROME1" if inverted else "MONOCHROME2", bits_stored=12,
+                       RescaleSlope=2, RescaleIntercept=-1024, PixelSpacing=[0.7, 0.7],
+                       SOPInstanceUID=f"{UID}.{patient}.{k}", StudyInstanceUID=f"{UID}.9.{patient}",
+                       SeriesInstanceUID=f"{UID}.8.{patient}", **extra, **patient_identity(patient))
+
+
+# Boxes (x0, y0, x1, y1) of slice k of patient p; patients 4 and 5 have none (negatives only).
+def boxes_of(patient: int, k: int) -> list[tuple[int, int, int, int]]:
+    if patient >= 4:
+        return []
+    x, y = 6 + 8 * k + patient, 5 + 4 * patient
+    found = [(x, y, x + 12, y + 10)]
+    if k == 1:
+        found.append((40, 30, 56, 44))
+    return found
+
+
+def label_of(patient: int, box_index: int) -> str:
+    return "nodule" if box_index == 0 else "mass"
+
+
+def box_study(root: Path, patients: int = 6, per_patient: int = 2) -> Path:
+    """``root/boxes.csv`` over ``root/slices/*.dcm``: one row per box, a row with empty box and
+    label per negative slice, patient keys = the PatientIDs (as hospitals export them)."""
+    (root / "slices").mkdir(parents=True, exist_ok=True)
+    lines = ["path,x0,y0,x1,y1,label,patient_id"]
+    for p in range(patients):
+        pid = patient_identity(p)["PatientID"]
+        for k in range(per_patient):
+            name = f"slices/s{p}_{k}.dcm"
+            boxes = boxes_of(p, k)
+            lesion_slice(root / name, boxes, p, k, inverted=(p + k) % 2 == 1)
+            if not boxes:
+                lines.append(f"{name},,,,,,{pid}")
+            for b, box in enumerate(boxes):
+                lines.append(f"{name},{','.join(map(str, box))},{label_of(p, b)},{pid}")
+    (root / "boxes.csv").write_text("\n".join(lines) + "\n")
+    return root / "boxes.csv"
+
+
+def dicom_box_data(tmp_path, monkeypatch) -> list[str]:
+    """CLI arguments for a tiny box study (for the configs' fast_dev_run)."""
+    return [f"--data.init_args.manifest={box_study(tmp_path / 'study')}",
+            "--data.init_args.val_fraction=0.34", "--data.init_args.test_fraction=0.34"]
+
+
+def module(manifest: Path, **kwargs) -> DicomDetectionDataModule:
+    args = {"image_size": [32, 32], "val_fraction": 0.34, "test_fraction": 0.34, "batch_size": 4} | kwargs
+    return DicomDetectionDataModule(manifest=str(manifest), **args)
+
+
+# ---- boxes, negatives, splits ----------------------------------------------------------------
+def test_boxes_in_the_batch_are_the_manifest_boxes_scaled_to_the_network(tmp_path):
+    manifest = box_study(tmp_path)
+    dm = module(manifest)
+    assert dm.class_names == ["mass", "nodule"] and dm.num_classes == 2 and dm.in_chans == 1
+    assert len(dm.source) == 12
+    dm.ensure_stats()
+    data = DetectionDataset(dm.source, np.arange(12), EvalDetectionTransform([32, 32], dm.mean, dm.std))
+    batch = collate_samples([data[i] for i in range(12)], ragged_keys=dm.ragged_keys)
+    # 64 columns -> 32: x halves; 48 rows -> 32: y times 2/3.
+    scale = np.array([32 / 64, 32 / 48, 32 / 64, 32 / 48], np.float32)
+    negatives = 0
+    for i, path in enumerate(batch["path"]):
+        p, k = (int(v) for v in Path(path).stem[1:].split("_"))
+        expected = np.array(boxes_of(p, k), np.float32).reshape(-1, 4) * scale
+        np.testing.assert_allclose(batch["boxes"][i].numpy(), expected, rtol=1e-6)
+        assert batch["labels"][i].tolist() == [dm.class_names.index(label_of(p, b)) for b in range(len(expected))]
+        assert batch["orig_size"][i].tolist() == [ROWS, COLS]
+        assert batch["sop_instance_uid"][i] == f"{UID}.{p}.{k}" and int(batch["frame"][i]) == 0
+        negatives += len(expected) == 0
+    assert negatives == 4  # kept, with zero boxes
+    # Hand-checked: the first box of s1_0 is x 7..19, y 9..19 -> x 3.5..9.5, y 6..12.667.
+    s1_0 = next(i for i, p in enumerate(batch["path"]) if Path(p).name == "s1_0.dcm")
+    np.testing.assert_allclose(batch["boxes"][s1_0][0].numpy(), [3.5, 6.0, 9.5, 19 * 2 / 3], rtol=1e-6)
+
+
+def test_monochrome1_and_rescale_give_the_same_values(tmp_path):
+    # MONOCHROME1 files store the rectangle dark and the rescale doubles the stored steps; read
+    # with window null (modality values, MONOCHROME1 inverted over its range) every image holds
+    # HU 400 inside its boxes and about 0 elsewhere.
+    dm = module(box_study(tmp_path))
+    inverted = 0
+    for i, item in enumerate(dm.source.images):
+        image = dm.source.read_image(i)[..., 0]
+        inverted += item.info.mode == "MONOCHROME1"
+        for x0, y0, x1, y1 in item.boxes.astype(int):
+            np.testing.assert_array_equal(image[y0:y1, x0:x1], 400.0)
+        assert abs(float(np.median(image))) < 10
+    assert inverted == 6
+
+
+def patients_in(dm, split) -> set[str]:
+    return {Path(dm.source.paths[i]).stem.split("_")[0] for i in dm.splits[split]}
+
+
+def test_patient_level_split_is_disjoint_and_keeps_negatives(tmp_path):
+    dm = module(box_study(tmp_path, patients=9))
+    dm.setup("fit")
+    owners = {s: patients_in(dm, s) for s in ("train", "val", "test")}
+    assert not owners["train"] & owners["val"] and not owners["train"] & owners["test"]
+    assert not owners["val"] & owners["test"]
+    assert set().union(*owners.values()) == {f"s{p}" for p in range(9)}
+    ids = {s: {dm.source.ids[i] for i in dm.splits[s]} for s in owners}
+    assert sum(len(v) for v in ids.values()) == 18 and len(set().union(*ids.values())) == 18
+    # Patient keys are hashed: the PatientIDs of the manifest are nowhere in the source.
+    assert not any("ZZPID" in str(g) for g in dm.source.groups)
+
+
+def test_patients_from_the_headers(tmp_path):
+    manifest = box_study(tmp_path)
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "x0", "y0", "x1", "y1", "label"])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k != "patient_id"} for r in rows)
+    dm = module(manifest, patient_column=None)
+    dm.setup("fit")
+    assert len(set(dm.source.groups)) == 6
+    owners = {s: patients_in(dm, s) for s in ("train", "val", "test")}
+    assert not owners["train"] & owners["test"] and not owners["val"] & owners["test"]
+
+
+def test_multiframe_files_need_the_frame_column(tmp_path):
+    manifest = box_study(tmp_path)
+    lesion_slice(tmp_path / "slices" / "cine.dcm", [(10, 12, 30, 40)], 0, 7, inverted=False, frames=3,
+                 box_frame=2)
+    text = manifest.read_text()
+    manifest.write_text(text + "slices/cine.dcm,10,12,30,40,nodule,ZZPID00000\n")
+    with pytest.raises(DataError, match=r"boxes.csv' row 18: 'slices/cine.dcm' has 3 frames.*'frame' column"):
+        _ = module(manifest).source
+    rows = list(csv.DictReader(io.StringIO(text)))
+    rows.append({"path": "slices/cine.dcm", "x0": "10", "y0": "12", "x1": "30", "y1": "40", "label": "nodule",
+                 "patient_id": "ZZPID00000", "frame": "2"})
+    with manifest.open("w", newline="") as f:  # single-frame rows leave the frame empty
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "frame"])
+        writer.writeheader()
+        writer.writerows(rows)
+    dm = module(manifest)
+    i = next(i for i, p in enumerate(dm.source.paths) if p.endswith("cine.dcm"))
+    assert dm.source.frames[i] == 2 and dm.source.ids[i].endswith("cine.dcm#frame2")
+    image = dm.source.read_image(i)[..., 0]
+    assert image[12:40, 10:30].mean() > image.mean() + 3 * image.std() / 2  # the box's frame, not the middle
+    manifest.write_text(manifest.read_text().replace("ZZPID00000,2\n", "ZZPID00000,3\n"))
+    with pytest.raises(DataError, match="row 18: frame 3 is out of range: 'slices/cine.dcm' has 3 frame"):
+        _ = module(manifest).source
+
+
+# ---- bad rows --------------------------------------------------------------------------------
+BAD_ROWS = {
+    "outside": ("slices/s0_0.dcm,50,5,70,20,nodule,ZZPID00000", r"reaches 6.0 px outside the 64x48 image"),
+    "inverted": ("slices/s0_0.dcm,20,5,10,20,nodule,ZZPID00000", r"has x1 < x0"),
+    "unknown_label": ("slices/s0_0.dcm,5,5,10,10,nodul,ZZPID00000",
+                      r"class 'nodul' is not in class_order \['mass', 'nodule'\] \(did you mean 'nodule'\?\)"),
+    "missing_file": ("slices/nothere.dcm,5,5,10,10,nodule,ZZPID00000", r"'slices/nothere.dcm' does not exist"),
+    "not_a_number": ("slices/s0_0.dcm,5,five,10,10,nodule,ZZPID00000", r"y0 'five' is not a number"),
+    "half_empty": ("slices/s0_0.dcm,5,5,,,nodule,ZZPID00000", r"x1, y1 empty but not the others"),
+    "negative_and_box": ("slices/s4_0.dcm,5,5,10,10,nodule,ZZPID00004",
+                         r"row 14 marks 'slices/s4_0.dcm' as having no objects, but row 18 gives it a box"),
+    "two_patients": ("slices/s0_0.dcm,5,5,10,10,nodule,ZZPID00003", r"rows 2 and 18 give 'slices/s0_0.dcm' two different patients"),
+    "not_dicom": ("notes.txt,5,5,10,10,nodule,ZZPID00000", r"not a DICOM file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_a_bad_row_names_the_manifest_and_row_or_skips_its_image(tmp_path, case):
+    manifest = box_study(tmp_path)
+    (tmp_path / "notes.txt").write_text("reading room notes\n")
+    row, message = BAD_ROWS[case]
+    manifest.write_text(manifest.read_text() + row + "\n")  # row 18
+    kwargs = {"class_order": ["mass", "nodule"]} if case == "unknown_label" else {}
+    with pytest.raises(DataError, match=r"boxes.csv' (rows? \d+: .*)?" + message + ".*on_bad_annotation: skip"):
+        _ = module(manifest, **kwargs).source
+    skipping = module(manifest, on_bad_annotation="skip", **kwargs)
+    bad_image = row.split(",")[0]
+    expected = 12 - (bad_image in {f"slices/s{p}_{k}.dcm" for p in range(6) for k in range(2)})
+    assert len(skipping.source) == expected  # the whole image is left out, not just the row
+    assert len(skipping.skipped) == 1
+    path, reason = skipping.skipped[0]
+    assert Path(path).name == Path(bad_image).name and re.search(r"rows? (\d+ and )?18", reason)
+    assert not any(Path(p).name == Path(bad_image).name for p in skipping.source.paths)
+    assert "ZZPID" not in reason
+
+
+def test_an_empty_manifest_or_a_missing_column_is_an_error(tmp_path):
+    manifest = tmp_path / "boxes.csv"
+    manifest.write_text("path,x0,y0,x1,y1,label,patient_id\n")
+    with pytest.raises(DataError, match=r"boxes.csv' needs columns .*found no rows"):
+        _ = module(manifest).source
+    box_study(tmp_path)
+    text = manifest.read_text().replace("label,", "class,", 1)
+    manifest.write_text(text)
+    with pytest.raises(DataError, match=r"boxes.csv' needs columns \['path', 'x0', 'y0', 'x1', 'y1', 'label', "
+                                        r"'patient_id'\]; found \['path', 'x0', 'y0', 'x1', 'y1', 'class'"):
+        _ = module(manifest).source
+    manifest.write_text(text.replace("class,", "label,", 1).replace("mass", "nodule"))
+    assert module(manifest).class_names == ["nodule"]  # classes: the sorted labels found
+
+
+def test_options_of_file_annotations_are_refused(tmp_path):
+    with pytest.raises(DataError, match=r"remove \['annotations'\]"):
+        DicomDetectionDataModule(manifest="x.csv", annotations="coco.json")
+    with pytest.raises(DataError, match="needs data.init_args.manifest"):
+        DicomDetectionDataModule()
