@@ -1,6 +1,7 @@
 """Export bundles: the schema, integrity checks and loading. numpy, json and onnxruntime only.
 
-A bundle directory holds ``model.onnx`` (the network: input ``NCHW float32`` -> logits),
+A bundle directory holds ``model.onnx`` (the network: input ``NCHW float32`` -> logits; for
+detectors one image -> boxes, scores, labels, see :mod:`core.export_detection`),
 ``metadata.json`` (this schema), ``metadata.schema.json`` (its JSON Schema, since 2.0),
 ``README.md`` (model card), optionally ``model.ckpt``, and the self-contained predictor:
 ``predict.py``, ``requirements.txt`` and ``predictor/`` (copies of the torch-free project
@@ -24,9 +25,12 @@ from core.contracts import ContractError, InputContract, schema_major
 from core.errors import DataError
 from core.readers import read_contract
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 # What each schema version changed; the JSON Schema file of a bundle repeats it.
 SCHEMA_CHANGELOG: dict[str, str] = {
+    "2.1": "task detection: model.onnx takes one image and outputs boxes, scores, labels; the "
+           "detection key (null for other tasks) holds the detector and its post-processing; "
+           "output, decision and parity have a detection form",
     "2.0": "input is the typed contract of its reader: every field present, no others; image_size "
            "is the network input size for every reader (the scene reader's tile_size is gone); "
            "metadata.schema.json describes metadata.json, named by its $schema key",

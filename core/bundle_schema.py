@@ -20,6 +20,9 @@ _INTEGER = {"type": "integer"}
 _NUMBER = {"type": "number"}
 _STRINGS = {"type": "array", "items": _STRING}
 _INTEGERS = {"type": "array", "items": _INTEGER}
+_STRING_MAP = {"type": "object", "additionalProperties": _STRING}
+_DETECTION_OUTPUTS = {"anyOf": [{"const": ["boxes", "scores", "labels"]},
+                                {"const": ["boxes", "scores", "labels", "masks"]}]}
 
 
 def _object(properties: dict[str, Any], nullable: bool = False) -> dict[str, Any]:
@@ -38,17 +41,32 @@ def metadata_schema(reader: InputReader) -> dict[str, Any]:
         "changelog": {"type": "object", "additionalProperties": _STRING},
         "created": _STRING,
         "domain": _STRING,
-        "task": {"enum": ["classification", "multilabel", "segmentation"]},
+        "task": {"enum": ["classification", "multilabel", "segmentation", "detection"]},
         "task_class": _STRING,
         "class_names": _STRINGS,
         "input": input_schema,
-        "output": _object({"name": {"const": "logits"}, "activation": {"enum": ["softmax", "sigmoid"]},
-                           "shape": {"enum": ["N,K", "N,K,H,W"]}}),
-        "decision": _object({
-            "positive_classes": _STRINGS, "positive_index": _INTEGERS,
-            "threshold": {"type": ["number", "null"]},
-            "target_recall": {"anyOf": [_NUMBER, {"const": "youden"}, {"type": "null"}]},
-            "rule": _STRING, "metric_names": {"type": "object", "additionalProperties": _STRING},
+        "output": {"anyOf": [
+            _object({"name": {"const": "logits"}, "activation": {"enum": ["softmax", "sigmoid"]},
+                     "shape": {"enum": ["N,K", "N,K,H,W"]}}),
+            _object({"name": {"const": "detections"}, "outputs": _DETECTION_OUTPUTS, "shape": _STRING}),
+        ]},
+        "decision": {"anyOf": [
+            _object({
+                "positive_classes": _STRINGS, "positive_index": _INTEGERS,
+                "threshold": {"type": ["number", "null"]},
+                "target_recall": {"anyOf": [_NUMBER, {"const": "youden"}, {"type": "null"}]},
+                "rule": _STRING, "metric_names": _STRING_MAP,
+            }, nullable=True),
+            # A detector's operating point: one score threshold for every class.
+            _object({"threshold": {"type": ["number", "null"]},
+                     "target_recall": {"type": ["number", "null"]},
+                     "rule": _STRING, "metric_names": _STRING_MAP}),
+        ]},
+        "detection": _object({
+            "detector": {"enum": ["fcos", "retinanet", "faster_rcnn", "mask_rcnn"]},
+            "score_thresh": _NUMBER, "nms_thresh": _NUMBER, "detections_per_img": _INTEGER,
+            "outputs": _DETECTION_OUTPUTS, "box_format": _STRING, "labels": _STRING,
+            "images_per_run": {"const": 1},
         }, nullable=True),
         # The run's test report and data fingerprint: free-form, absent for hand-made checkpoints.
         "metrics": {"type": ["object", "null"]},
@@ -56,8 +74,13 @@ def metadata_schema(reader: InputReader) -> dict[str, Any]:
         "versions": {"type": "object", "additionalProperties": _STRING},
         "backbone": _object({"name": _STRING, "depths": _INTEGERS, "dims": _INTEGERS, "in_chans": _INTEGER,
                              "pretrained": _STRING, "weight_licence": _STRING}),
-        "parity": _object({"max_abs_diff": _NUMBER, "samples": _INTEGER, "tolerance": _NUMBER,
-                           "inputs": _STRING}),
+        "parity": {"anyOf": [
+            _object({"max_abs_diff": _NUMBER, "samples": _INTEGER, "tolerance": _NUMBER,
+                     "inputs": _STRING}),
+            _object({"samples": _INTEGER, "inputs": _STRING, "detections": _INTEGERS,
+                     "max_box_diff_px": _NUMBER, "max_score_diff": _NUMBER,
+                     "box_tolerance_px": _NUMBER, "score_tolerance": _NUMBER}),
+        ]},
         "predictor": _object({"command": _STRING, "requirements": _STRINGS, "modules": _STRINGS,
                               "python": _STRING}),
         "files": {"type": "object", "additionalProperties": _STRING},

@@ -20,6 +20,8 @@ This module is the entry point and runs the steps in order; each step lives in i
 - :mod:`core.export_checkpoint`: read the checkpoint, rebuild the task, the input shape
 - :mod:`core.export_onnx`: trace the network to ONNX (fixed-size adaptive pooling)
 - :mod:`core.export_parity`: ONNX Runtime vs Lightning on seeded inputs
+- :mod:`core.export_detection`: detectors instead of the two above: a one-image graph with
+  torchvision's post-processing inside (boxes, scores, labels), and its parity check
 - :mod:`core.export_metadata`: metadata.json (backbone, operating point, metrics, versions)
 - :mod:`core.model_card`: README.md from the metadata
 - :mod:`core.export_modules`, :mod:`core.export_predictor`: the bundle's own predictor
@@ -66,6 +68,7 @@ from core.export_modules import (
 )
 from core.export_modules import _imports as _imports  # tests reach it here, as before the split
 from core.export_modules import module_source as _module_source  # noqa: F401  (likewise)
+from core.export_detection import check_detection_parity, is_detection, write_detection_onnx
 from core.export_onnx import FixedAdaptiveAvgPool2d, exportable_pools, write_onnx
 from core.export_parity import PARITY_INPUTS, check_parity, lightning_probabilities
 from core.export_predictor import (
@@ -114,6 +117,7 @@ def export_bundle(
     tolerance: float = 1e-4,
     opset: int = 17,
     seed: int = 0,
+    box_tolerance: float = 1e-3,
 ) -> Path:
     """Export a checkpoint to a verified bundle folder.
 
@@ -123,9 +127,11 @@ def export_bundle(
         include_checkpoint: also copy the checkpoint as ``model.ckpt`` (for further training).
         overwrite: replace an existing bundle at ``out``.
         parity_samples: seeded random inputs on which ONNX Runtime must match Lightning.
-        tolerance: largest allowed absolute difference of probabilities.
+        tolerance: largest allowed absolute difference of probabilities (of detection scores
+            for detectors).
         opset: ONNX opset.
         seed: seed of the parity inputs.
+        box_tolerance: detectors: largest allowed difference of box coordinates, in pixels.
 
     Returns:
         The bundle folder.
@@ -157,11 +163,17 @@ def export_bundle(
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
             write_owner(tmp)
-            write_onnx(task, tmp / MODEL, shape, opset)
             meta = build_metadata(task, checkpoint, contract, ckpt)
-            # The reference is looked up here, so replacing export.lightning_probabilities works.
-            meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples, tolerance,
-                                          seed, reference=lightning_probabilities)
+            if is_detection(task):
+                write_detection_onnx(task, tmp / MODEL, shape, opset)
+                meta["parity"] = check_detection_parity(
+                    task, Bundle(tmp, meta, _contract=contract), shape, parity_samples, tolerance,
+                    box_tolerance, seed)
+            else:
+                write_onnx(task, tmp / MODEL, shape, opset)
+                # Looked up here, so replacing export.lightning_probabilities works.
+                meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples,
+                                              tolerance, seed, reference=lightning_probabilities)
             if include_checkpoint:
                 shutil.copyfile(ckpt, tmp / CHECKPOINT_COPY)
             meta["predictor"] = write_predictor(tmp, contract.reader)
@@ -196,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also copy the checkpoint into the bundle as model.ckpt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest allowed ONNX vs PyTorch probability difference (default 1e-4)")
+                        help="largest allowed ONNX vs PyTorch probability difference, detection "
+                             "scores for detectors (default 1e-4)")
+    parser.add_argument("--box-tolerance", type=float, default=1e-3,
+                        help="detectors: largest allowed ONNX vs PyTorch box coordinate "
+                             "difference in pixels (default 1e-3)")
     return parser
 
 
@@ -205,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
         path = export_bundle(args.ckpt, args.out, include_checkpoint=args.include_checkpoint,
-                             overwrite=args.overwrite, tolerance=args.tolerance)
+                             overwrite=args.overwrite, tolerance=args.tolerance,
+                             box_tolerance=args.box_tolerance)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from err
@@ -220,8 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = json.loads((path / METADATA).read_text())
     parity = meta["parity"]
     print(f"bundle: {path}")
-    print(f"parity: max |P_onnx - P_torch| = {parity['max_abs_diff']:.3g} on {parity['samples']} "
-          f"seeded inputs (tolerance {parity['tolerance']:g})")
+    if meta["task"] == "detection":
+        print(f"parity: {sum(parity['detections'])} detection(s) on {parity['samples']} seeded "
+              f"inputs, same count and labels; max box difference {parity['max_box_diff_px']:.3g} "
+              f"px (tolerance {parity['box_tolerance_px']:g}), max score difference "
+              f"{parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g})")
+    else:
+        print(f"parity: max |P_onnx - P_torch| = {parity['max_abs_diff']:.3g} on "
+              f"{parity['samples']} seeded inputs (tolerance {parity['tolerance']:g})")
     print("files:")
     sizes: dict[str, int] = {}
     for name in [*meta["files"], METADATA]:  # predictor/... summed into one line

@@ -87,9 +87,12 @@ def input_shape(contract: InputContract, in_chans: int) -> tuple[int, int, int]:
 
 
 def task_kind(task: nn.Module) -> str:
-    """``segmentation``, ``multilabel`` or ``classification``."""
+    """``detection``, ``segmentation``, ``multilabel`` or ``classification``."""
+    from core.detection import DetectionTask
     from core.segmentation import SegmentationTask
 
+    if isinstance(task, DetectionTask):
+        return "detection"
     if isinstance(task, SegmentationTask):
         return "segmentation"
     return "multilabel" if getattr(task, "multilabel", False) else "classification"

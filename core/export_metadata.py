@@ -22,6 +22,7 @@ from torch import nn
 from core.bundle import SCHEMA_CHANGELOG, SCHEMA_FILE, SCHEMA_VERSION
 from core.contracts import InputContract
 from core.export_checkpoint import task_kind
+from core.export_detection import detection_decision, detection_info, output_names
 from core.weights import parse_pretrained
 
 # The export's one logger, named as before the split so that log filters keep working.
@@ -132,6 +133,15 @@ def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputC
     """metadata.json without ``parity``, ``predictor``, ``files`` and ``metadata_sha256``."""
     kind = task_kind(task)
     parts = str(checkpoint["task_class"]).split(".")
+    if kind == "detection":
+        output = {"name": "detections", "outputs": output_names(task),
+                  "shape": "1 image per run -> boxes N,4; scores N; labels N"
+                           + ("; masks N,1,H,W" if "masks" in output_names(task) else "")}
+        decision, detection = detection_decision(task), detection_info(task)
+    else:
+        output = {"name": "logits", "activation": "sigmoid" if kind == "multilabel" else "softmax",
+                  "shape": "N,K,H,W" if kind == "segmentation" else "N,K"}
+        decision, detection = decision_info(task), None
     return {
         "$schema": SCHEMA_FILE,
         "schema_version": SCHEMA_VERSION,
@@ -142,9 +152,9 @@ def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputC
         "task_class": checkpoint["task_class"],
         "class_names": list(task.class_names),
         "input": contract.to_json(),
-        "output": {"name": "logits", "activation": "sigmoid" if kind == "multilabel" else "softmax",
-                   "shape": "N,K,H,W" if kind == "segmentation" else "N,K"},
-        "decision": decision_info(task),
+        "output": output,
+        "decision": decision,
+        "detection": detection,
         "metrics": run_metrics(ckpt),
         "training_data": checkpoint.get("data_fingerprint"),
         "versions": {**{p: _version(p) for p in VERSIONED}, "python": platform.python_version()},

@@ -17,10 +17,14 @@ from core.readers import card_value as _fmt
 
 def _intended_use(meta: dict[str, Any], reader: InputReader, inp: InputContract) -> list[str]:
     shape = [None, *inp.network_shape]
+    detection = meta.get("detection")
+    what = (f"detection of {len(meta['class_names'])} object classes ({detection['detector']}: "
+            "boxes with a class and a score)" if detection
+            else f"{meta['task']} into {len(meta['class_names'])} classes")
     lines = [
         "## Intended use",
         "",
-        f"- **Domain / task**: {meta['domain']}, {meta['task']} into {len(meta['class_names'])} classes"
+        f"- **Domain / task**: {meta['domain']}, {what}"
         + (" (per pixel)" if meta["task"] == "segmentation" else "")
         + (" (independent labels, sigmoid)" if meta["task"] == "multilabel" else "") + ".",
         f"- **Reader**: `{inp.reader}`.",
@@ -29,14 +33,30 @@ def _intended_use(meta: dict[str, Any], reader: InputReader, inp: InputContract)
     lines += reader.card_input(inp, f"{shape[2]}x{shape[3]}")
     scaling = reader.card_scaling(inp)
     out = meta["output"]
-    lines += [
-        f"- **Normalisation**: (x - mean) / std per channel, mean {_fmt(inp.mean)}, "
-        f"std {_fmt(inp.std)}" + (f"; {scaling}" if scaling else "") + ".",
-        f"- **Network**: `model.onnx`, input `input` float32 NCHW (N, {shape[1]}, {shape[2]}, "
-        f"{shape[3]}), output `logits` "
-        f"({out['shape']}), probabilities by {out['activation']}.",
-        "",
-    ]
+    lines.append(f"- **Normalisation**: (x - mean) / std per channel, mean {_fmt(inp.mean)}, "
+                 f"std {_fmt(inp.std)}" + (f"; {scaling}" if scaling else "") + ".")
+    if detection:
+        lines += [
+            f"- **Network**: `model.onnx` takes ONE image per run, input `input` float32 "
+            f"(1, {shape[1]}, {shape[2]}, {shape[3]}); outputs "
+            + ", ".join(f"`{name}`" for name in out["outputs"])
+            + ": boxes (N, 4) xyxy in network-input pixels, scores (N,), labels (N,) int64 "
+            "(0-based class index)"
+            + ("; masks (N, 1, H, W) probabilities" if "masks" in out["outputs"] else "") + ".",
+            f"- **Post-processing inside the graph**: box decoding, score >= "
+            f"{_fmt(detection['score_thresh'])}, per-class NMS at IoU {_fmt(detection['nms_thresh'])}, "
+            f"at most {detection['detections_per_img']} detections per image. The predictor runs "
+            "the graph once per image, so any number of images works.",
+            "- **Boxes in the outputs**: scaled back to the pixels of each stored image (as its "
+            "reader returns it).",
+            "",
+        ]
+    else:
+        lines += [
+            f"- **Network**: `model.onnx`, input `input` float32 NCHW (N, {shape[1]}, {shape[2]}, "
+            f"{shape[3]}), output `logits` ({out['shape']}), probabilities by {out['activation']}.",
+            "",
+        ]
     return lines
 
 
@@ -82,6 +102,26 @@ def _test_metrics(meta: dict[str, Any]) -> list[str]:
 def _operating_point(meta: dict[str, Any]) -> list[str]:
     decision = meta.get("decision")
     lines = ["## Operating point", ""]
+    if meta.get("detection"):
+        threshold = decision["threshold"]
+        fallback = meta["detection"]["score_thresh"]
+        lines += [
+            f"Rule: {decision['rule']}. Score threshold **{_fmt(threshold)}**, chosen on "
+            f"validation for object recall {_fmt(decision['target_recall'])}"
+            if threshold is not None else
+            f"Rule: {decision['rule']}. No threshold was chosen on validation: the predictor "
+            f"keeps every detection the graph returns (score >= score_thresh {_fmt(fallback)}) "
+            "and says so",
+            "",
+            "`detections.csv` lists every detection the graph returns with whether it reaches "
+            "the threshold; `detections.json` holds those that do. Override it at prediction "
+            "time, never by editing `metadata.json` (that breaks its digest):",
+            "",
+            "```bash",
+            "convnext-domains predict --bundle DIR INPUT... --out OUT --score-threshold T",
+            "```",
+        ]
+        return [*lines, ""]
     if decision:
         threshold = decision["threshold"]
         lines += [
@@ -105,6 +145,15 @@ def _operating_point(meta: dict[str, Any]) -> list[str]:
 
 def _parity(meta: dict[str, Any]) -> list[str]:
     parity = meta["parity"]
+    if meta.get("detection"):
+        return ["## Export parity", "",
+                f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime and PyTorch "
+                f"Lightning find the same number of detections per image "
+                f"({_fmt(parity['detections'])}) with the same labels; boxes differ by at most "
+                f"{parity['max_box_diff_px']:.3g} px (tolerance {parity['box_tolerance_px']:g}) and "
+                f"scores by {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g})."
+                + (" The detector found nothing on these inputs, so only the count was compared."
+                   if not any(parity["detections"]) else ""), ""]
     return ["## Export parity", "",
             f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime's probabilities "
             f"differ from PyTorch Lightning's by at most {parity['max_abs_diff']:.3g} "
@@ -131,6 +180,11 @@ def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[Domain
     if meta["task"] == "segmentation":
         lines.append(f"- The network takes {shape[2]}x{shape[3]} tiles; larger images are "
                      "predicted tile by tile.")
+    if meta.get("detection"):
+        lines.append(f"- Every image is resized to {shape[2]}x{shape[3]} before detection: objects "
+                     "much smaller than the training ones after that resize are missed.")
+        if "masks" in meta["output"]["outputs"]:
+            lines.append("- The graph outputs instance masks, but the predictor writes boxes only.")
     return [*lines, ""]
 
 

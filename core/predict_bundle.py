@@ -24,6 +24,7 @@ from core.atomic import write_atomic
 from core.bundle import Bundle, load_bundle
 from core.contracts import InputContract
 from core.errors import DataError
+from core.predict_detection import detect_files, detect_scenes
 from core.preprocess import expand_inputs, to_network_input
 from core.readers import MASK_SUFFIX, PREDICTIONS_CSV, PREDICTIONS_JSON, READERS, InputReader
 
@@ -136,11 +137,28 @@ def segment_scene(bundle: Bundle, scene: Path, out: Path, batch_size: int,
 
 def predict(bundle_dir: str | Path, inputs: Sequence[str | Path], out: str | Path,
             threshold: float | None = None, batch_size: int = 16,
-            write_probabilities: bool = False) -> dict[str, Any]:
-    """Verify the bundle, read the inputs its way, and write the predictions under ``out``."""
+            write_probabilities: bool = False, score_threshold: float | None = None) -> dict[str, Any]:
+    """Verify the bundle, read the inputs its way, and write the predictions under ``out``.
+
+    ``threshold`` overrides a classifier's decision threshold, ``score_threshold`` a detector's
+    operating score threshold (:mod:`core.predict_detection`); each is refused by the other
+    kind of bundle.
+    """
     bundle = load_bundle(bundle_dir)
     reader, out = _reader(bundle.contract), Path(out)
+    detection = bundle.meta["task"] == "detection"
+    if detection and threshold is not None:
+        raise DataError(f"bundle '{bundle.path}' is a detector: give --score-threshold (the score a "
+                        "detection must reach), not --threshold")
+    if not detection and score_threshold is not None:
+        raise DataError(f"bundle '{bundle.path}' is a {bundle.meta['task']} model: --score-threshold "
+                        "is for detection bundles; use --threshold")
     files = expand_inputs(inputs, reader.extensions)
+    if detection:
+        if reader.tiled:
+            return {"scenes": detect_scenes(bundle, files, out, score_threshold)}
+        return detect_files(bundle, files, out, score_threshold,
+                            lambda path: _read(reader, path, bundle.contract))
     if reader.tiled:
         return {"scenes": [segment_scene(bundle, f, out, batch_size, write_probabilities) for f in files]}
     if bundle.meta["task"] == "segmentation":
@@ -162,6 +180,9 @@ def main(argv: Sequence[str] | None = None, bundle: str | Path | None = None) ->
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=None,
                         help="decision threshold overriding the one in metadata.json")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="detection bundles: score a detection must reach, in [0, 1], "
+                             "overriding the operating threshold in metadata.json")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--write-probabilities", action="store_true",
                         help="readers that predict whole scenes tile by tile (GeoTIFF): also "
@@ -169,7 +190,7 @@ def main(argv: Sequence[str] | None = None, bundle: str | Path | None = None) ->
     args = parser.parse_args(argv)
     try:
         written = predict(args.bundle, args.inputs, args.out, args.threshold, args.batch_size,
-                          args.write_probabilities)
+                          args.write_probabilities, args.score_threshold)
     except DataError as err:
         parser.exit(2, f"error: {err}\n")
     for kind, value in written.items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +38,9 @@ BUILTIN_READERS: dict[str, str] = {
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 MASK_SUFFIX = "_mask.png"
+# What detection prediction writes (see core.predict_detection).
+DETECTIONS_CSV = "detections.csv"
+DETECTIONS_JSON = "detections.json"
 
 
 def card_value(value: Any) -> str:
@@ -75,7 +78,10 @@ class InputReader(abc.ABC):
     """The typed input contract this reader reads with (a subclass of :class:`InputContract`
     declaring the reader's own fields); datamodules build it with :meth:`contract`."""
     tiled: ClassVar[bool] = False
-    """Whether :meth:`predict_scene` predicts inputs of any size tile by tile."""
+    """Whether :meth:`predict_scene` predicts inputs of any size tile by tile; for detection
+    bundles the predictor then calls :meth:`detect_scene` instead of reading files whole."""
+    scene_detection: ClassVar[bool] = False
+    """Whether :meth:`detect_scene` is implemented (whole-scene detection, tiled readers)."""
     sample_unit: ClassVar[str] = "samples of the training source"
     """What a held-out test sample is, for the model card's limitations."""
 
@@ -96,6 +102,26 @@ class InputReader(abc.ABC):
         raise DataError(f"input reader '{self.name}' has no tiled scene prediction; predict "
                         "its inputs one file at a time")
 
+    def detect_scene(self, bundle: Any, path: Path, out: Path,
+                     detect: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     score_threshold: float) -> dict[str, Path]:
+        """Detect objects in one input of any size tile by tile, writing into ``out``; returns
+        the written files by kind.
+
+        ``detect`` takes ONE preprocessed network input ``(C, H, W)`` float32 (normalised, the
+        export size) and returns ``boxes (N, 4)`` xyxy in that tile's pixels, ``scores (N,)``
+        and ``labels (N,)`` int (0-based), with no threshold applied beyond the graph's
+        ``score_thresh``; detections below ``score_threshold`` are not kept. Only tiled readers
+        (:attr:`tiled`, :attr:`scene_detection`) implement it.
+        """
+        raise DataError(f"input reader '{self.name}' has no tiled scene detection; detect "
+                        "objects in its inputs one file at a time")
+
+    def input_keys(self, path: Path) -> dict[str, str]:
+        """Non-identifying keys of an input written beside its path in detection outputs (a
+        DICOM reader: its ``SOPInstanceUID``); never a patient or person identifier."""
+        return {}
+
     def outputs(self, task: str) -> dict[str, str]:
         """The files a prediction writes into the output folder, each with what it holds
         (``{stem}``: an input's file name without its extension).
@@ -104,6 +130,12 @@ class InputReader(abc.ABC):
         """
         if task == "segmentation":
             return {f"{{stem}}{MASK_SUFFIX}": "class index per pixel, at the network input size"}
+        if task == "detection":
+            return {DETECTIONS_JSON: "COCO dataset dict: images, categories (id = class index + 1) "
+                                     "and the detections reaching the score threshold as "
+                                     "annotations (bbox [x, y, w, h] in stored-image pixels, score)",
+                    DETECTIONS_CSV: "one row per detection above score_thresh: file, x0, y0, x1, "
+                                    "y1 (stored-image pixels), label, score, reaches_threshold"}
         return {PREDICTIONS_CSV: "one row of probabilities and decision per input",
                 PREDICTIONS_JSON: "the same rows with the threshold and its source"}
 
