@@ -9,15 +9,17 @@ The merge rule (:class:`SceneDetections`), in order:
    input's scale when it differs from the tile); those with ``score < score_threshold`` go;
 2. a detection whose box centre falls on a nodata pixel (of its tile's valid mask) goes;
 3. a detection within ``edge_margin`` pixels of an *inner* tile edge (an edge that is not the
-   scene's) is taken as truncated by the tile border. It goes when another tile sees the
-   whole box at least ``edge_margin`` pixels from that tile's own inner edges: that tile
-   detected the whole object. Objects no larger than the overlap are always seen whole by a
-   tile, so they come out once, untruncated;
-4. class-wise non-maximum suppression over the scene (IoU >= ``nms_iou``, highest score kept)
-   removes the duplicates of objects seen whole by two overlapping tiles;
-5. truncated detections left (objects larger than the overlap, cut by every tile) are merged
-   with the same-class detections they overlap into the union box, with the highest score:
-   an object cut by a border gives one box.
+   scene's) is taken as truncated by the tile border. It goes when a whole (not truncated)
+   detection of the same class from another tile covers at least half of its area: that
+   tile saw the object whole. Objects no larger than the overlap lie whole inside some tile,
+   so they come out once, untruncated;
+4. truncated detections left (objects larger than the overlap, cut in every tile) that
+   overlap a truncated same-class detection of another tile are pieces of one object: they
+   are merged into their union box, with the highest score;
+5. class-wise non-maximum suppression over the scene (IoU >= ``nms_iou``, highest score kept)
+   removes the duplicates of objects seen whole by two overlapping tiles.
+
+So an object cut by a tile border gives one box.
 """
 
 from __future__ import annotations
@@ -57,37 +59,67 @@ class TileWindow:
         return cls(c, r, w, h)
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with ``(N, 4)`` boxes."""
+def area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of xyxy boxes (one box or ``(N, 4)``)."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def intersection(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection areas of one xyxy box with ``(N, 4)`` boxes."""
     ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
+    return ix * iy
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with ``(N, 4)`` boxes."""
+    inter = intersection(box, boxes)
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-12)
+
+
+class BoxGrid:
+    """Boxes bucketed by class and ``cell``-pixel grid cell, so a box is compared only with
+    the boxes near it: work over a scene grows with its area, not quadratically.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy boxes to index (more can be added).
+        labels: ``(N,)`` their classes.
+        cell: grid cell side in pixels.
+    """
+
+    def __init__(self, boxes: np.ndarray, labels: np.ndarray, cell: float) -> None:
+        self.cell = cell
+        self.buckets: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        for i, (b, k) in enumerate(zip(boxes, labels, strict=True)):
+            self.add(i, b, int(k))
+
+    def _cells(self, box: np.ndarray, label: int) -> list[tuple[int, int, int]]:
+        c = self.cell
+        return [(label, cx, cy) for cx in range(int(box[0] // c), int(box[2] // c) + 1)
+                for cy in range(int(box[1] // c), int(box[3] // c) + 1)]
+
+    def add(self, index: int, box: np.ndarray, label: int) -> None:
+        for key in self._cells(box, label):
+            self.buckets[key].append(index)
+
+    def near(self, box: np.ndarray, label: int) -> np.ndarray:
+        """Indices of the boxes of class ``label`` sharing a grid cell with ``box``."""
+        found = {j for key in self._cells(box, label) for j in self.buckets.get(key, ())}
+        return np.asarray(sorted(found), np.int64)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float,
         cell: float = 256.0) -> np.ndarray:
-    """Indices kept by class-wise greedy NMS, highest score first.
-
-    Boxes are bucketed in ``cell``-pixel grid cells so each is compared only with kept boxes
-    near it: a scene's detections scale with its area, not quadratically.
-    """
+    """Indices kept by class-wise greedy NMS (highest score first), in index order."""
     order = np.lexsort((np.arange(len(scores)), -scores))
-    buckets: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    grid = BoxGrid(np.zeros((0, 4)), np.zeros(0, np.int64), cell)
     kept: list[int] = []
     for i in order:
-        b = boxes[i]
-        cells = [(int(labels[i]), cx, cy)
-                 for cx in range(int(b[0] // cell), int(b[2] // cell) + 1)
-                 for cy in range(int(b[1] // cell), int(b[3] // cell) + 1)]
-        near = sorted({j for c in cells for j in buckets.get(c, ())})
-        if near and (box_iou(b, boxes[near]) >= iou).any():
+        near = grid.near(boxes[i], int(labels[i]))
+        if len(near) and (box_iou(boxes[i], boxes[near]) >= iou).any():
             continue
         kept.append(int(i))
-        for c in cells:
-            buckets[c].append(int(i))
+        grid.add(int(i), boxes[i], int(labels[i]))
     return np.asarray(sorted(kept), np.int64)
 
 
@@ -157,13 +189,6 @@ class SceneDetections:
                 | (right & (boxes[:, 2] >= w.col_off + w.width - m))
                 | (bottom & (boxes[:, 3] >= w.row_off + w.height - m)))
 
-    def _seen_whole(self, box: np.ndarray, own: int, extents: np.ndarray) -> bool:
-        """Whether a tile other than ``own`` holds ``box`` clear of its inner edges."""
-        inside = ((extents[:, 0] <= box[0]) & (extents[:, 1] <= box[1]) & (extents[:, 2] >= box[2])
-                  & (extents[:, 3] >= box[3]))
-        inside[own] = False
-        return any(not self._truncated(box[None], self.windows[k])[0] for k in np.nonzero(inside)[0])
-
     def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The scene's detections after the merge rule: boxes (N, 4) xyxy in scene pixels,
         scores (N,), labels (N,), highest score first."""
@@ -175,39 +200,54 @@ class SceneDetections:
         for k, w in enumerate(self.windows):
             sel = tiles == k
             truncated[sel] = self._truncated(boxes[sel], w)
-        extents = np.array([[w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height]
-                            for w in self.windows], np.float64)
-        drop = np.array([bool(t) and self._seen_whole(b, int(k), extents)
-                         for b, t, k in zip(boxes, truncated, tiles, strict=True)], bool).reshape(-1)
+        drop = self._seen_whole(boxes, labels, tiles, truncated)
         self.dropped["truncated_seen_whole_elsewhere"] += int(drop.sum())
-        boxes, scores, labels, truncated = boxes[~drop], scores[~drop], labels[~drop], truncated[~drop]
-        keep = nms(boxes, scores, labels, self.nms_iou, cell=float(max(self.tile, 1)))
+        keep = ~drop
+        boxes, scores, labels, tiles, truncated = (a[keep] for a in (boxes, scores, labels, tiles, truncated))
+        boxes, scores, labels = self._merge_truncated(boxes, scores, labels, tiles, truncated)
+        keep = nms(boxes, scores, labels, self.nms_iou, cell=self._cell)
         self.dropped["duplicate"] += len(boxes) - len(keep)
-        boxes, scores, labels, truncated = boxes[keep], scores[keep], labels[keep], truncated[keep]
-        boxes, scores, labels = self._merge_truncated(boxes, scores, labels, truncated)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         order = np.lexsort((boxes[:, 0], boxes[:, 1], -scores))
         return boxes[order], scores[order], labels[order]
 
+    @property
+    def _cell(self) -> float:
+        return float(max(self.tile, 1))
+
+    def _seen_whole(self, boxes: np.ndarray, labels: np.ndarray, tiles: np.ndarray,
+                    truncated: np.ndarray) -> np.ndarray:
+        """Truncated detections that a whole (not truncated) same-class detection of another
+        tile covers for at least half of their area: that tile saw the object whole."""
+        whole = np.nonzero(~truncated)[0]
+        grid = BoxGrid(boxes[whole], labels[whole], self._cell)
+        drop = np.zeros(len(boxes), bool)
+        for i in np.nonzero(truncated)[0]:
+            near = whole[grid.near(boxes[i], int(labels[i]))]
+            near = near[tiles[near] != tiles[i]]
+            if len(near):
+                drop[i] = bool((intersection(boxes[i], boxes[near]) >= 0.5 * area(boxes[i])).any())
+        return drop
+
     def _merge_truncated(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                         truncated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Union each truncated detection with the same-class detections it overlaps, until
-        no such pair is left (pieces of one large object cut by several borders)."""
-        boxes, scores, labels, truncated = boxes.copy(), scores.copy(), labels.copy(), truncated.copy()
+                         tiles: np.ndarray, truncated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Union overlapping truncated same-class detections of different tiles (pieces of an
+        object that no tile saw whole) into one box with the highest score, repeatedly, so
+        pieces of an object cut by several borders become one box."""
+        boxes, scores = boxes.copy(), scores.copy()
         alive = np.ones(len(boxes), bool)
+        pieces = np.nonzero(truncated)[0]
         changed = True
         while changed:
             changed = False
-            for i in np.nonzero(alive & truncated)[0]:
-                others = np.nonzero(alive & (labels == labels[i]))[0]
-                others = others[others != i]
-                if not len(others):
+            for i in pieces:
+                if not alive[i]:
                     continue
-                b, o = boxes[i], boxes[others]
-                overlap = ((np.minimum(b[2], o[:, 2]) > np.maximum(b[0], o[:, 0]))
-                           & (np.minimum(b[3], o[:, 3]) > np.maximum(b[1], o[:, 1])))
-                for j in others[overlap]:
-                    boxes[i] = [min(boxes[i, 0], boxes[j, 0]), min(boxes[i, 1], boxes[j, 1]),
-                                max(boxes[i, 2], boxes[j, 2]), max(boxes[i, 3], boxes[j, 3])]
+                others = pieces[alive[pieces] & (labels[pieces] == labels[i]) & (tiles[pieces] != tiles[i])]
+                others = others[intersection(boxes[i], boxes[others]) > 0] if len(others) else others
+                for j in others:
+                    boxes[i, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
+                    boxes[i, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
                     scores[i] = max(scores[i], scores[j])
                     alive[j] = False
                     self.dropped["merged_truncated"] += 1
@@ -224,7 +264,7 @@ def box_polygon(box: Sequence[float], transform: Any) -> list[list[float]]:
     corners = [(x0, y1), (x1, y1), (x1, y0), (x0, y0), (x0, y1)]
     out = []
     for col, row in corners:
-        x, y = transform * (col, row)
+        x, y = transform @ (col, row)
         out.append([x, y])
     return out
 

@@ -69,7 +69,7 @@ def write_detection_scene(out_dir: str | Path, width: int = 256, height: int = 2
     features = []
     for k, (code, x0, y0, x1, y1) in enumerate(placed):
         corners = [(x0, y1), (x1, y1), (x1, y0), (x0, y0), (x0, y1)]
-        xs, ys = zip(*(transform * c for c in corners), strict=True)
+        xs, ys = zip(*(transform @ c for c in corners), strict=True)
         lon, lat = warp(CRS, "EPSG:4326", list(xs), list(ys))
         features.append({"type": "Feature", "id": k, "properties": {"class": CLASSES[code]},
                          "geometry": {"type": "Polygon",
