@@ -22,6 +22,7 @@ from core.errors import DataError
 from domains.medical.detection import DicomDetectionDataModule
 from domains.medical.detection_task import MedicalDetectionTask, patient_sensitivity
 
+from .config_runs import assert_one_linked_step, fast_dev_run
 from .conftest import TINY, TINY_ARGS
 from .dicom_helpers import patient_identity, write_dicom
 
@@ -84,6 +85,10 @@ def box_study(root: Path, patients: int = 6, per_patient: int = 2) -> Path:
                 lines.append(f"{name},{','.join(map(str, box))},{label_of(p, b)},{pid}")
     (root / "boxes.csv").write_text("\n".join(lines) + "\n")
     return root / "boxes.csv"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
 def dicom_box_data(tmp_path, monkeypatch) -> list[str]:
@@ -157,7 +162,7 @@ def test_patient_level_split_is_disjoint_and_keeps_negatives(tmp_path):
 
 def test_patients_from_the_headers(tmp_path):
     manifest = box_study(tmp_path)
-    rows = list(csv.DictReader(manifest.open()))
+    rows = read_csv(manifest)
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "x0", "y0", "x1", "y1", "label"])
         writer.writeheader()
@@ -250,3 +255,113 @@ def test_options_of_file_annotations_are_refused(tmp_path):
         DicomDetectionDataModule(manifest="x.csv", annotations="coco.json")
     with pytest.raises(DataError, match="needs data.init_args.manifest"):
         DicomDetectionDataModule()
+
+
+# ---- the task: patient-level sensitivity -----------------------------------------------------
+def test_patient_sensitivity_by_hand():
+    task = MedicalDetectionTask(num_classes=2, class_names=["mass", "nodule"], in_chans=1, fpn_channels=32, **TINY)
+    truth = torch.tensor([[10.0, 10.0, 20.0, 20.0]])
+    off = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    none = torch.zeros((0, 4))
+
+    def det(boxes, score, label=1):
+        n = len(boxes)
+        return {"boxes": boxes, "scores": torch.full((n,), score), "labels": torch.full((n,), label)}
+
+    def tgt(boxes):
+        return {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
+
+    outputs = [det(truth, 0.8),      # patient 0: a true positive at 0.5
+               det(none, 0.0),       # patient 0: missed, but the patient is found already
+               det(truth, 0.3),      # patient 1: matched, below the threshold
+               det(off, 0.9),        # patient 1: a false positive only
+               det(truth, 0.9),      # patient 2: no object (left out of the rate)
+               det(truth, 0.9, 0)]   # patient 3: right place, wrong class: not a true positive
+    targets = [tgt(truth), tgt(truth), tgt(truth), tgt(truth), tgt(none), tgt(truth)]
+    task._eval_batch = {"patient_index": torch.tensor([0, 0, 1, 1, 2, 3])}
+    task.update_metrics("test", outputs, targets)
+    task.threshold.fill_(0.5)
+    assert task._patient_rates("test") == {"test/op_patient_sensitivity": pytest.approx(1 / 3)}
+    # At 0.25 patient 1 is found too.
+    value, found, positive = patient_sensitivity(torch.tensor([0, 0, 1, 1, 2, 3]),
+                                                 torch.tensor([0.8, -math.inf, 0.3, -math.inf, -math.inf, -math.inf]),
+                                                 torch.tensor([True, True, True, True, False, True]), 0.25)
+    assert (value, found, positive) == (pytest.approx(2 / 3), 2, 3)
+    assert math.isnan(patient_sensitivity(torch.tensor([4]), torch.tensor([0.9]), torch.tensor([False]), 0.5)[0])
+
+
+def test_writer_maps_boxes_back_to_the_stored_image(tmp_path):
+    from domains.medical.detection_task import DetectionFileWriter
+
+    class Run:  # the two trainer attributes the writer reads
+        log_dir = str(tmp_path)
+
+    writer = DetectionFileWriter()
+    writer.on_predict_start(Run(), None)
+    prediction = {"id": ["a", "b"], "boxes": [torch.tensor([[4.0, 8.0, 12.0, 16.0]]), torch.zeros((0, 4))],
+                  "scores": [torch.tensor([0.75]), torch.zeros(0)], "labels": [torch.tensor([1]), torch.zeros(0, dtype=torch.int64)],
+                  "kept": [torch.tensor([True]), torch.zeros(0, dtype=torch.bool)], "threshold": 0.5,
+                  "class_names": ["mass", "nodule"]}
+    batch = {"image": torch.zeros(2, 1, 32, 32), "orig_size": torch.tensor([[48, 64], [48, 64]]),
+             "path": ["x/a.dcm", "x/b.dcm"], "sop_instance_uid": ["1.2.3", "1.2.4"], "frame": torch.tensor([0, 2])}
+    writer.write_on_batch_end(Run(), None, prediction, None, batch, 0, 0)
+    writer.on_predict_end(Run(), None)
+    rows = read_csv(tmp_path / "detections.csv")
+    # 32 -> 64 columns doubles x; 32 -> 48 rows is 1.5 times y.
+    assert rows[0] == {"path": "x/a.dcm", "sop_instance_uid": "1.2.3", "frame": "0", "x0": "8.0", "y0": "12.0",
+                       "x1": "24.0", "y1": "24.0", "label": "nodule", "score": "0.75000", "kept": "1",
+                       "threshold": "0.500000"}
+    assert rows[1]["path"] == "x/b.dcm" and rows[1]["frame"] == "2" and rows[1]["x0"] == rows[1]["label"] == ""
+    images = json.loads((tmp_path / "detections.json").read_text())["images"]
+    assert images[0]["size"] == [48, 64] and images[0]["detections"][0]["box"] == [8.0, 12.0, 24.0, 24.0]
+    assert images[1]["detections"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.csv", "detections.json"]  # no temporaries
+
+
+# ---- through the CLI -------------------------------------------------------------------------
+def test_the_config_runs_fast_dev_run_on_synthetic_dicoms(tmp_path, monkeypatch):
+    # The shared config runner, with this data registered for the config's datamodule (what
+    # tests/test_medical_configs.py's SYNTHETIC_DATA does for the other medical configs).
+    from . import test_medical_configs
+
+    monkeypatch.setitem(test_medical_configs.SYNTHETIC_DATA, "DicomDetectionDataModule", dicom_box_data)
+    cli = fast_dev_run(ROOT / "configs" / "medical" / "detection.yaml", tmp_path, monkeypatch)
+    assert_one_linked_step(cli)
+    assert cli.datamodule.class_names == ["mass", "nodule"] and cli.model.hparams.in_chans == 1
+
+
+def test_cli_fit_test_predict_and_no_identifier_in_any_written_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manifest = box_study(tmp_path / "study")
+    base = ["--config", str(ROOT / "configs" / "medical" / "detection.yaml"), *TINY_ARGS,
+            "--model.init_args.fpn_channels=32", f"--data.init_args.manifest={manifest}",
+            "--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+            "--data.init_args.val_fraction=0.34", "--data.init_args.test_fraction=0.34",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    fit = run_cli(["fit", *base, "--trainer.max_epochs=1"])  # one step: 4 training images
+    assert fit.trainer.global_step == 1 and fit.model.hparams.class_names == ["mass", "nodule"]
+    best = fit.trainer.checkpoint_callback.best_model_path
+    test = run_cli(["test", *base, f"--ckpt_path={best}"])
+    metrics = json.loads((Path(test.trainer.log_dir) / "metrics.json").read_text())["metrics"]
+    assert {"map", "map_50", "op_object_sensitivity", "op_image_sensitivity"} <= set(metrics)
+    assert 0.0 <= metrics["op_patient_sensitivity"] <= 1.0
+    pred = run_cli(["predict", *base, f"--ckpt_path={best}",
+                    f"--data.init_args.predict_paths=[{manifest.parent / 'slices'}]"])
+    rows = read_csv(Path(pred.trainer.log_dir) / "detections.csv")
+    assert {Path(r["path"]).name for r in rows} == {f"s{p}_{k}.dcm" for p in range(6) for k in range(2)}
+    assert {r["sop_instance_uid"] for r in rows} == {f"{UID}.{p}.{k}" for p in range(6) for k in range(2)}
+    images = json.loads((Path(pred.trainer.log_dir) / "detections.json").read_text())["images"]
+    assert len(images) == 12 and all(i["size"] == [ROWS, COLS] for i in images)
+
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert {"metrics.json", "detections.csv", "detections.json", "metrics.csv"} <= {p.name for p in written}
+    assert any(p.suffix == ".ckpt" for p in written)
+    identifiers = set()
+    for i in range(6):
+        who = patient_identity(i)
+        identifiers |= {who["PatientName"], who["PatientName"].replace("^", " "), who["PatientID"],
+                        who["PatientBirthDate"], who["AccessionNumber"], "Zelda"}
+    for path in written:
+        data = path.read_bytes()
+        for ident in identifiers:
+            assert ident.encode() not in data, f"{ident} found in {path}"

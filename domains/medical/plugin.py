@@ -52,5 +52,5 @@ PLUGIN = DomainPlugin(
     card_limitations=("- **Not a medical device.** For research only; not validated for clinical "  # new-domain: keep
                       "use or diagnosis.",),
     tests=("test_medical.py", "test_medical_segmentation.py", "test_dicom.py",
-           "test_medical_configs.py"),
+           "test_medical_configs.py", "test_medical_detection.py"),
 )
