@@ -122,7 +122,12 @@ class Bundle:
         if self._session is None:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(str(self.path / MODEL), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # Errors only: a detector's graph makes ONNX Runtime warn about every output whose
+            # size (the detection count) differs from the traced one, which is by design.
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.path / MODEL), options,
+                                                 providers=["CPUExecutionProvider"])
         return self._session
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -79,6 +79,7 @@ def metadata_schema(reader: InputReader) -> dict[str, Any]:
                      "inputs": _STRING}),
             _object({"samples": _INTEGER, "inputs": _STRING, "detections": _INTEGERS,
                      "max_box_diff_px": _NUMBER, "max_score_diff": _NUMBER,
+                     "max_mask_diff": {"type": ["number", "null"]},
                      "box_tolerance_px": _NUMBER, "score_tolerance": _NUMBER}),
         ]},
         "predictor": _object({"command": _STRING, "requirements": _STRINGS, "modules": _STRINGS,

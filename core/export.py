@@ -53,6 +53,7 @@ from core.export_checkpoint import (
     rebuild_task,
     task_kind,
 )
+from core.export_detection import check_detection_parity, is_detection, write_detection_onnx
 from core.export_metadata import (
     VERSIONED,
     _jsonable,
@@ -68,7 +69,6 @@ from core.export_modules import (
 )
 from core.export_modules import _imports as _imports  # tests reach it here, as before the split
 from core.export_modules import module_source as _module_source  # noqa: F401  (likewise)
-from core.export_detection import check_detection_parity, is_detection, write_detection_onnx
 from core.export_onnx import FixedAdaptiveAvgPool2d, exportable_pools, write_onnx
 from core.export_parity import PARITY_INPUTS, check_parity, lightning_probabilities
 from core.export_predictor import (

@@ -12,7 +12,8 @@ outputs ``boxes`` ``(N, 4)`` float32 xyxy in network-input pixels, ``scores`` ``
 Parity: Lightning's ``predict`` (the task's own ``predict_step``, several images in one batch)
 against ONNX Runtime one image at a time, on seeded inputs with structure (noise plus bright
 and dark rectangles, so a trained detector has something to find): the same detection count
-per image, labels equal, boxes and scores within tolerances. Detections are paired by label
+per image, labels equal, boxes and scores within tolerances; mask_rcnn's mask probabilities
+(against the task's forward, as ``predict_step`` returns no masks) within the score tolerance. Detections are paired by label
 and box, not by position, so two detections whose scores tie may come out in either order.
 """
 
@@ -156,24 +157,41 @@ def lightning_detections(task: nn.Module, images: Tensor) -> list[Detections]:
     return found
 
 
-def pair_detections(expected: Detections, got: Detections) -> tuple[float, float, bool]:
-    """Pair two detection sets of equal size by label and nearest box (greedily, highest
-    expected score first): ``(largest box difference in px, largest score difference, all
-    labels paired)``. Empty sets pair with differences 0."""
+def pairing(expected: Detections, got: Detections) -> list[tuple[int, int]] | None:
+    """Pairs ``(i, j)`` of two detection sets of equal size, by label and nearest box (greedily,
+    highest expected score first); None when a detection has no partner of its label."""
     boxes, scores, labels = expected
-    other_boxes, other_scores, other_labels = got
+    other_boxes, other_labels = got[0], got[2]
     free = np.ones(len(other_boxes), bool)
-    box_diff = score_diff = 0.0
+    pairs = []
     for i in np.argsort(-scores, kind="stable"):
         candidates = np.flatnonzero(free & (other_labels == labels[i]))
         if not len(candidates):
-            return math.inf, math.inf, False
-        distance = np.abs(other_boxes[candidates] - boxes[i]).max(axis=1)
-        j = candidates[int(np.argmin(distance))]
+            return None
+        j = int(candidates[int(np.argmin(np.abs(other_boxes[candidates] - boxes[i]).max(axis=1)))])
         free[j] = False
-        box_diff = max(box_diff, float(distance.min()))
-        score_diff = max(score_diff, float(abs(other_scores[j] - scores[i])))
+        pairs.append((int(i), j))
+    return pairs
+
+
+def pair_detections(expected: Detections, got: Detections) -> tuple[float, float, bool]:
+    """``(largest box difference in px, largest score difference, all labels paired)`` of two
+    detection sets of equal size paired by :func:`pairing`. Empty sets pair with differences 0."""
+    pairs = pairing(expected, got)
+    if pairs is None:
+        return math.inf, math.inf, False
+    box_diff = max((float(np.abs(got[0][j] - expected[0][i]).max()) for i, j in pairs), default=0.0)
+    score_diff = max((float(abs(got[1][j] - expected[1][i])) for i, j in pairs), default=0.0)
     return box_diff, score_diff, True
+
+
+def _mask_diff(task: nn.Module, image: Tensor, want: Detections, got: tuple[np.ndarray, ...]) -> float:
+    """Largest difference of paired instance-mask probabilities (the task's forward on one image;
+    Lightning's ``predict_step`` returns no masks)."""
+    with torch.no_grad():
+        masks = task(image[None])[0][MASKS].numpy()
+    pairs = pairing(want, got[:3]) or []
+    return max((float(np.abs(got[3][j] - masks[i]).max()) for i, j in pairs), default=0.0)
 
 
 def check_detection_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], samples: int = 4,
@@ -189,10 +207,12 @@ def check_detection_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int]
         raise DataError(f"parity_samples must be at least 1, got {samples}")
     images = parity_images(shape, samples, seed)
     expected = reference(task, images)
-    box_diff = score_diff = 0.0
+    box_diff = score_diff = mask_diff = 0.0
+    masks = task.kind == "mask_rcnn"
     counts = []
     for i, want in enumerate(expected):
-        got = detect(bundle, images[i].numpy())[:3]
+        found = detect(bundle, images[i].numpy())
+        got = found[:3]
         counts.append(len(want[0]))
         if len(got[0]) != len(want[0]):
             raise DataError(
@@ -205,6 +225,13 @@ def check_detection_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int]
                             "PyTorch give other labels; no bundle was written. Report the model "
                             "configuration")
         box_diff, score_diff = max(box_diff, boxes), max(score_diff, scores)
+        if masks:
+            mask_diff = max(mask_diff, _mask_diff(task, images[i], want, found))
+    if masks and not mask_diff <= score_tolerance:
+        raise DataError(
+            f"export parity check failed: ONNX Runtime and PyTorch instance-mask probabilities "
+            f"differ by up to {mask_diff:.3g} (tolerance {score_tolerance:g}) on {samples} seeded "
+            "inputs; no bundle was written. Report the model configuration")
     if not (box_diff <= box_tolerance and score_diff <= score_tolerance):
         raise DataError(
             f"export parity check failed: ONNX Runtime and PyTorch detections differ by up to "
@@ -217,6 +244,7 @@ def check_detection_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int]
                     "the detection count (0); check the bundle on real images", samples)
     return {"samples": samples, "inputs": DETECTION_PARITY_INPUTS, "detections": counts,
             "max_box_diff_px": box_diff, "max_score_diff": score_diff,
+            "max_mask_diff": mask_diff if masks else None,
             "box_tolerance_px": box_tolerance, "score_tolerance": score_tolerance}
 
 

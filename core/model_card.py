@@ -151,7 +151,9 @@ def _parity(meta: dict[str, Any]) -> list[str]:
                 f"Lightning find the same number of detections per image "
                 f"({_fmt(parity['detections'])}) with the same labels; boxes differ by at most "
                 f"{parity['max_box_diff_px']:.3g} px (tolerance {parity['box_tolerance_px']:g}) and "
-                f"scores by {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g})."
+                f"scores by {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g})"
+                + (f"; instance-mask probabilities by {parity['max_mask_diff']:.3g}"
+                   if parity.get("max_mask_diff") is not None else "") + "."
                 + (" The detector found nothing on these inputs, so only the count was compared."
                    if not any(parity["detections"]) else ""), ""]
     return ["## Export parity", "",

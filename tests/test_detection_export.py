@@ -119,6 +119,7 @@ def test_fcos_bundle_metadata_parity_and_card(fcos):
     assert parity["samples"] == 4 and len(parity["detections"]) == 4 and all(parity["detections"])
     assert 0 <= parity["max_box_diff_px"] <= 1e-3 and 0 <= parity["max_score_diff"] <= 1e-4
     assert (parity["box_tolerance_px"], parity["score_tolerance"]) == (1e-3, 1e-4)
+    assert parity["max_mask_diff"] is None
     assert verify_bundle(fcos["bundle"]).json_schema
     card = (fcos["bundle"] / "README.md").read_text()
     assert "detection of 2 object classes (fcos" in card and "ONE image per run" in card
@@ -198,14 +199,20 @@ def test_retinanet_without_detections_exports_and_predicts_nothing(fcos, tmp_pat
     assert _csv(tmp_path / "out" / "detections.csv") == []
 
 
-def test_faster_rcnn_exports_with_parity(tmp_path):
+def test_mask_rcnn_exports_masks_with_parity(tmp_path):
     contract = IMAGE.contract(channels="rgb", in_chans=3, image_size=SIZE, mean=MEAN, std=STD,
                               class_names=NAMES)
-    bundle = export.export_bundle(_save(_task("faster_rcnn"), contract, tmp_path / "f.ckpt"),
-                                  tmp_path / "bundle")
+    task = _task("mask_rcnn")
+    bundle = export.export_bundle(_save(task, contract, tmp_path / "m.ckpt"), tmp_path / "bundle")
     meta = _meta(bundle)
-    assert meta["detection"]["detector"] == "faster_rcnn" and meta["detection"]["nms_thresh"] == 0.5
-    assert all(meta["parity"]["detections"]) and meta["parity"]["max_box_diff_px"] <= 1e-3
+    assert meta["detection"]["outputs"] == ["boxes", "scores", "labels", "masks"]
+    assert all(meta["parity"]["detections"]) and 0 <= meta["parity"]["max_mask_diff"] <= 1e-4
+    image = parity_images((3, SIZE, SIZE), 1, seed=5)[0]
+    boxes, scores, labels, masks = detect(load_bundle(bundle), image.numpy())
+    with torch.no_grad():
+        want = task(image[None])[0]
+    assert masks.shape == (len(boxes), 1, SIZE, SIZE) and len(boxes) == len(want["boxes"]) > 0
+    assert "predictor writes boxes only" in (bundle / "README.md").read_text()
 
 
 # ---- torch-free prediction -------------------------------------------------------------------
@@ -322,6 +329,8 @@ def dicom(tmp_path_factory) -> dict:
 
 
 def test_dicom_detections_are_keyed_by_path_without_patient_identifiers(dicom):
+    parity = _meta(dicom["bundle"])["parity"]  # faster_rcnn on one channel
+    assert any(parity["detections"]) and parity["max_box_diff_px"] <= 1e-3
     out = dicom["out"]
     report = json.loads((out / "detections.json").read_text())
     assert [i["file_name"] for i in report["images"]] == sorted(dicom["uids"])
