@@ -128,6 +128,31 @@ def test_boxes_in_the_batch_are_the_manifest_boxes_scaled_to_the_network(tmp_pat
     np.testing.assert_allclose(batch["boxes"][s1_0][0].numpy(), [3.5, 6.0, 9.5, 19 * 2 / 3], rtol=1e-6)
 
 
+def test_boxes_follow_target_spacing_resampling(tmp_path):
+    # PixelSpacing 0.7 mm resampled to 1.4 mm halves the image to 32x24: the boxes as read halve
+    # too, and at the network input they are where they are without resampling.
+    manifest = box_study(tmp_path)
+    plain, coarse = module(manifest, image_size=[16, 16]), module(manifest, image_size=[16, 16], target_spacing=1.4)
+    i = next(i for i, p in enumerate(coarse.source.paths) if Path(p).name == "s2_1.dcm")
+    sample = coarse.source.read(i)
+    assert sample["image"].shape == (24, 32, 1) and sample["orig_size"].tolist() == [ROWS, COLS]
+    np.testing.assert_allclose(sample["boxes"], np.array(boxes_of(2, 1), np.float32) / 2)
+    for dm in (plain, coarse):
+        dm.ensure_stats()
+    at_input = [EvalDetectionTransform([16, 16], dm.mean, dm.std)(dm.source.read(i))["boxes"] for dm in (plain, coarse)]
+    np.testing.assert_allclose(at_input[0].numpy(), at_input[1].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(coarse.train_boxes().shape, plain.train_boxes().shape)
+
+
+def test_one_file_spelled_two_ways_is_one_image(tmp_path):
+    manifest = box_study(tmp_path)
+    manifest.write_text(manifest.read_text() + "slices/../slices/s0_0.dcm,30,30,40,40,mass,ZZPID00000\n")
+    dm = module(manifest)
+    assert len(dm.source) == 12
+    i = next(i for i, p in enumerate(dm.source.paths) if Path(p).name == "s0_0.dcm")
+    assert dm.source.images[i].labels == ("nodule", "mass") and dm.source.images[i].rows == ("row 2", "row 18")
+
+
 def test_monochrome1_and_rescale_give_the_same_values(tmp_path):
     # MONOCHROME1 files store the rectangle dark and the rescale doubles the stored steps; read
     # with window null (modality values, MONOCHROME1 inverted over its range) every image holds

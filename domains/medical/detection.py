@@ -238,16 +238,18 @@ class DicomDetectionDataModule(DetectionDataModule):
                     problem = f"{where} row {row.line}: {bad}"
                     frame = -row.line  # no frame to pair the box with: a bad entry of its own
             # A bad row spoils its whole image: kept without it, its object would train as background.
-            groups.setdefault((str(row.path), frame), []).append(row if problem is None else _with(row, problem))
+            # Keyed by the resolved file: "a.dcm" and "./x/../a.dcm" are one image.
+            groups.setdefault((str(row.path.resolve()), frame), []).append(
+                row if problem is None else _with(row, problem))
 
         images, frames, uids, ids, patients = [], [], [], [], []
-        for (path, frame), image_rows in groups.items():
+        for (_, frame), image_rows in groups.items():
+            path, meta = str(image_rows[0].path), metas[image_rows[0].path]
             try:
-                item, patient = self._check_image(image_rows, metas.get(Path(path)), frame, known, where)
+                item, patient = self._check_image(image_rows, meta, known, where)
             except BadAnnotation as bad:
                 policy(path, str(bad))
                 continue
-            meta = metas[Path(path)]
             assert isinstance(meta, dict)  # a file without metadata made its rows bad above
             if h.on_bad_annotation == "skip" and not self._decodes(path, frame, policy):
                 continue
@@ -283,7 +285,7 @@ class DicomDetectionDataModule(DetectionDataModule):
         except DataError as err:
             return str(err)
 
-    def _check_image(self, rows: list[_Row], meta: Any, frame: int, known: list[str] | None,
+    def _check_image(self, rows: list[_Row], meta: Any, known: list[str] | None,
                      where: str) -> tuple[ImageAnnotations, str]:
         """One image's rows checked together; :class:`BadAnnotation` names the first bad row."""
         first_bad = next((r for r in rows if r.problem), None)
