@@ -145,6 +145,7 @@ def test_bad_features_error_or_skip(tmp_path):
     found = read_geojson_objects(path, stack, class_order=["tree", "pond"],
                                  policy=BadAnnotationPolicy("skip", skipped))
     np.testing.assert_array_equal(found.boxes, [[1, 1, 4, 4]])
+    np.testing.assert_array_equal(found.ignored, [[5, 5, 9, 9]])  # the typo's place is known
     reasons = [r for _, r in skipped]
     assert len(reasons) == 6 and all(p == str(path) for p, _ in skipped)
     for k, words in zip(range(1, 7), ["did you mean", "LineString", "no geometry", "zero area",
@@ -241,6 +242,19 @@ def test_tiles_get_clipped_boxes_in_tile_pixels_and_nodata_tiles_are_skipped(tmp
     batch = next(iter(dm.val_dataloader() if len(dm.splits["val"]) else dm.train_dataloader()))
     assert batch["image"].shape[1:] == (3, 16, 16) and isinstance(batch["boxes"], list)
     assert np.isfinite(batch["image"].numpy()).all()     # nodata filled (0 after normalisation)
+
+
+def test_tiles_over_a_skipped_object_are_left_out(tmp_path):
+    """Under ``skip`` an object with a bad class must not train as background in its tiles."""
+    path = write_raster(tmp_path / "scene.tif",
+                        np.random.default_rng(2).integers(100, 3000, (3, 64, 64)).astype(np.uint16))
+    objects = write_geojson(tmp_path / "o.geojson", [polygon(map_corners((1, 1, 4, 4)), "tree"),
+                                                     polygon(map_corners((40, 40, 44, 44)), "tre")], CRS)
+    with pytest.raises(DataError, match="did you mean 'tree'"):
+        dm_on(tmp_path, path, objects, class_labels=["tree"])
+    dm = dm_on(tmp_path, path, objects, class_labels=["tree"], on_bad_annotation="skip")
+    assert dm.source.ignored_tiles == 1 and "r32_c32" not in dm.source.ids and len(dm.source) == 15
+    assert len(dm.skipped) == 1 and "feature 1" in dm.skipped[0][1]
 
 
 def test_splits_never_share_pixels(tmp_path):

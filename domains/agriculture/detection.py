@@ -66,7 +66,8 @@ class SceneDetectionSource(SampleSource):
     (:func:`~domains.agriculture.scene.grid_windows`, the last one shifted back to end at the
     block's edge); a block smaller than a tile (at the scene's edge) gets one window whose pixels
     past the block are nodata. Tiles with no valid pixel (all nodata) are left out and counted
-    in :attr:`nodata_tiles`. ``labels`` is 1 for tiles with objects, ``strata`` the rarest class
+    in :attr:`nodata_tiles`; tiles touching a skipped object of known place (``objects.ignored``)
+    are left out and counted in :attr:`ignored_tiles`. ``labels`` is 1 for tiles with objects, ``strata`` the rarest class
     of the tile's block (so rare classes spread over the splits), ``groups`` the block.
     """
 
@@ -79,6 +80,7 @@ class SceneDetectionSource(SampleSource):
         self.boxes: list[np.ndarray] = []
         self.box_labels: list[np.ndarray] = []
         self.nodata_tiles = 0
+        self.ignored_tiles = 0
         corners = [(c, r) for r in range(0, stack.height, block) for c in range(0, stack.width, block)]
         for b, (c, r) in enumerate(corners):
             bw = Window(c, r, min(block, stack.width - c), min(block, stack.height - r))
@@ -89,6 +91,10 @@ class SceneDetectionSource(SampleSource):
                     self.nodata_tiles += 1
                     continue
                 region = w.intersection(bw)  # the block lies inside the scene
+                if len(objects.ignored) and len(clip_boxes(objects.ignored, np.ones(len(objects.ignored)),
+                                                           region, 0.0)[1]):
+                    self.ignored_tiles += 1  # a skipped object lies here: it must not be background
+                    continue
                 boxes, keep = clip_boxes(objects.boxes, objects.areas, region, min_visibility)
                 self.windows.append(w)
                 self.blocks.append(b)
@@ -96,6 +102,9 @@ class SceneDetectionSource(SampleSource):
                 self.box_labels.append(objects.labels[keep].astype(np.int64))
         if self.nodata_tiles:
             log.info("%d tile(s) hold only nodata and were left out", self.nodata_tiles)
+        if self.ignored_tiles:
+            log.warning("%d tile(s) touch a skipped object (see skipped_files.csv) and were left out, "
+                        "so it never trains as background", self.ignored_tiles)
         if not self.windows:
             raise DataError(f"scene '{stack.paths[0]}' has no valid pixel (every tile is nodata); check "
                             "the nodata value and the bands")

@@ -17,7 +17,8 @@ GeoJSON (read with the standard library; no GDAL vector driver is needed):
 
 A feature without a usable geometry or with an unknown class is a bad annotation and follows
 ``on_bad_annotation`` (``error`` stops naming the file, the feature and the fix; ``skip`` leaves
-that feature out and lists it in ``skipped_files.csv``). Objects wholly outside the scene are
+that feature out and lists it in ``skipped_files.csv``; when its place is known, i.e. only its
+class is bad, the tiles it touches are left out too, so the object never trains as background). Objects wholly outside the scene are
 left out and counted in :attr:`SceneObjects.notes` (a label file covering a larger area is
 normal); objects reaching past the scene's edge are clipped to it.
 
@@ -66,6 +67,8 @@ class SceneObjects:
         class_names: object classes in index order.
         rows: per object, where it came from (``feature 3``, ``component 2``).
         notes: facts reported rather than fatal (objects outside the scene, assumed grids).
+        ignored: ``(M, 4)`` boxes of skipped objects whose place is known (an unknown or
+            missing class): tiles over them are left out of every split.
     """
 
     boxes: np.ndarray
@@ -74,6 +77,7 @@ class SceneObjects:
     class_names: list[str]
     rows: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -250,25 +254,32 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
                         "give the objects as a mask raster (objects_mask)")
     same = crs == stack.crs
     inverse = ~stack.transform
-    raw: list[tuple[str, np.ndarray, bool, str]] = []
+    raw: list[tuple[str, np.ndarray, bool, str | None]] = []
     for k, feature in enumerate(features):
         row = f"feature {k}" + (f" (id {feature['id']})" if isinstance(feature, dict) and "id" in feature else "")
         try:
             if not isinstance(feature, dict) or feature.get("type") != "Feature":
                 raise ValueError("is not a GeoJSON Feature")
-            name = _class_of(feature, label_property)
             xy, points = geometry_vertices(feature.get("geometry"))
             if points and not point_buffer:
                 raise ValueError("is a point; set point_buffer (the object's radius in the scene CRS's "
                                  "units) to turn points into boxes, or draw the objects as polygons")
+        except ValueError as err:
+            policy(str(path), f"GeoJSON '{path}' {row} {err}")
+            continue
+        try:
+            name = _class_of(feature, label_property)
             if class_order is not None and name not in class_order:
                 raise ValueError(unknown_class(name, class_order).replace("class_order", "class_labels"))
         except ValueError as err:
             policy(str(path), f"GeoJSON '{path}' {row} {err}")
+            # Skipped, but its place is known: tiles over it are left out rather than trained
+            # with the object as background.
+            raw.append((row, xy, points, None))
             continue
         raw.append((row, xy, points, name))
-    names = list(class_order) if class_order is not None else sorted({r[3] for r in raw})
-    if not raw:
+    names = list(class_order) if class_order is not None else sorted({r[3] for r in raw if r[3] is not None})
+    if not any(r[3] is not None for r in raw):
         raise DataError(f"GeoJSON '{path}' has no usable object (of {len(features)} feature(s)); see "
                         "the skipped features above")
     counts = np.cumsum([0] + [len(r[1]) for r in raw])
@@ -280,7 +291,7 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
     # Half sides of a circle of radius r after the inverse affine map (exact for rotations).
     half = (np.array([math.hypot(inverse.a, inverse.b), math.hypot(inverse.d, inverse.e)])
             * (point_buffer or 0.0))
-    boxes, labels, rows = [], [], []
+    boxes, labels, rows, ignored = [], [], [], []
     index = {n: i for i, n in enumerate(names)}
     for j, (row, _, points, name) in enumerate(raw):
         p = pixels[counts[j]:counts[j + 1]]
@@ -291,13 +302,19 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
         lo, hi = p.min(axis=0), p.max(axis=0)
         if points:
             lo, hi = lo - half, hi + half
+        if name is None:
+            ignored.append([lo[0], lo[1], hi[0], hi[1]])
+            continue
         boxes.append([lo[0], lo[1], hi[0], hi[1]])
         labels.append(index[name])
         rows.append(row)
     notes: list[str] = []
     if not same:
         log.info("objects of '%s' reprojected from %s to the scene's %s", path, crs, stack.crs)
-    return _finish(boxes, labels, rows, names, stack.width, stack.height, notes, f"'{path}'")
+    found = _finish(boxes, labels, rows, names, stack.width, stack.height, notes, f"'{path}'")
+    clipped, inside = _clipped(np.asarray(ignored, np.float64).reshape(-1, 4), stack.width, stack.height)
+    found.ignored = clipped[inside]
+    return found
 
 
 # ---- mask rasters ----------------------------------------------------------------------------
