@@ -38,6 +38,8 @@ from .dicom_helpers import PATIENT, write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ROOT / "tests" / "fixtures" / "bundle_schema_1_0"
+# Written by the 2.0 layout, before detection bundles (tests/fixtures/make_bundle_schema_2_0.py).
+V2_0 = ROOT / "tests" / "fixtures" / "bundle_schema_2_0"
 NAMES = ["wide", "tall"]
 SIZE = 64
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -356,3 +358,20 @@ def test_schema_1_0_bundles_still_load_and_verify():
     bundle = load_bundle(OLD / "bundle")
     assert bundle.meta["schema_version"] == "1.0" and bundle.meta["task"] == "classification"
     assert verify_bundle(OLD / "bundle").schema_version == "1.0"
+
+
+def test_schema_2_0_bundles_still_verify_and_predict_without_torch(tmp_path):
+    """A 2.0 bundle is checked against its own sealed JSON Schema (which knows no detection
+    key) and predicts what the 2.0 predictor wrote."""
+    checked = verify_bundle(V2_0 / "bundle")
+    assert (checked.schema_version, checked.json_schema) == ("2.0", True)
+    assert "detection" not in load_bundle(V2_0 / "bundle").meta
+    result = run_without_torch(["predict", "--bundle", str(V2_0 / "bundle"), str(V2_0 / "inputs"),
+                                "--out", str(tmp_path)], cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = {Path(r["id"]).name: r for r in _csv(tmp_path / "predictions.csv")}
+    expected = {Path(r["id"]).name: r for r in _csv(V2_0 / "expected.csv")}
+    assert sorted(got) == sorted(expected) == ["good_0.png", "scratch_0.png"]
+    for name, row in expected.items():
+        assert float(got[name]["prob_scratch"]) == pytest.approx(float(row["prob_scratch"]), abs=1e-6)
+        assert (got[name]["predicted_class"], got[name]["decision"]) == (row["predicted_class"], row["decision"])
