@@ -146,8 +146,9 @@ class DicomDetectionDataModule(DetectionDataModule):
 
     file_extensions = DICOM_EXTENSIONS
     # Options of the file-annotation formats that a box manifest has no use for.
-    _not_for_manifests: dict[str, Any] = {"annotations": None, "images": None, "channels": None,
-                                          "instance_masks": False, "mask_values": None}
+    _not_for_manifests: dict[str, Any] = {
+        "annotations": None, "format": "auto", "images": None, "channels": None, "instance_masks": False,
+        "keep_difficult": True, "crowd": "drop", "mask_values": None, "mask_threshold": None, "min_mask_area": 4}
 
     def __init__(
         self,
@@ -163,11 +164,13 @@ class DicomDetectionDataModule(DetectionDataModule):
         given = [k for k, default in self._not_for_manifests.items() if kwargs.get(k, default) != default]
         if given:
             raise DataError(f"{type(self).__name__} reads boxes from a CSV manifest (data.init_args.manifest); "
-                            f"remove {given}: the window sets the channels, and instance masks are not read")
+                            f"remove {given}: they are options of annotation files and masks (the window sets the "
+                            "channels)")
         super().__init__(**kwargs)
         if manifest is None:
+            columns = [path_column, *BOX_COLUMNS, LABEL_COLUMN, *([patient_column] if patient_column else [])]
             raise DataError(f"{type(self).__name__} needs data.init_args.manifest: a CSV with columns "
-                            f"{path_column},x0,y0,x1,y1,label,{patient_column or ''} (one row per box)")
+                            f"{','.join(columns)}[,{frame_column}], one row per box")
         if id_field not in ("path", "sop_instance_uid"):
             raise DataError(f"id_field is '{id_field}'; use path or sop_instance_uid")
 
