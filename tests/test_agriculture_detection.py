@@ -438,3 +438,14 @@ def test_config_fast_dev_run_then_predict_writes_geojson(tmp_path, monkeypatch):
         assert (xy[:, 1] >= bounds.bottom - 1e-6).all() and (xy[:, 1] <= bounds.top + 1e-6).all()
     header = (out / "scene_detections.csv").read_text().splitlines()[0]
     assert header == "id,class,class_index,score,x0,y0,x1,y1"
+
+
+def test_options_of_the_other_label_source_are_refused(tmp_path):
+    with pytest.raises(DataError, match="exactly one of objects"):
+        SceneDetectionDataModule(image="s.tif")
+    with pytest.raises(DataError, match="remove class_values"):
+        SceneDetectionDataModule(image="s.tif", objects="o.geojson", class_values=[1, 2])
+    with pytest.raises(DataError, match="remove it for objects_mask"):
+        SceneDetectionDataModule(image="s.tif", objects_mask="m.tif", point_buffer=3.0)
+    with pytest.raises(DataError, match="tile_overlap 64 must be"):
+        SceneDetectionDataModule(image="s.tif", objects="o.geojson", tile_size=64, tile_overlap=64)

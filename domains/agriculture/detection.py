@@ -255,6 +255,11 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
             raise DataError("set data.init_args.image (GeoTIFF or list of band files) and exactly one of "
                             "objects (GeoJSON of the objects) or objects_mask (mask raster on the "
                             "scene's grid)")
+        if objects is not None and class_values is not None:
+            raise DataError("class_values are the codes of an objects_mask; GeoJSON objects take their "
+                            "class from label_property: remove class_values (class_labels orders the classes)")
+        if objects_mask is not None and point_buffer is not None:
+            raise DataError("point_buffer applies to GeoJSON points (objects); remove it for objects_mask")
         if on_bad_annotation not in ("error", "skip"):
             raise DataError(f"on_bad_annotation is '{on_bad_annotation}'; use error or skip")
         if block_size < tile_size:
