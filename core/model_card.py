@@ -88,7 +88,10 @@ def _test_metrics(meta: dict[str, Any]) -> list[str]:
     values = (metrics or {}).get("metrics") if isinstance(metrics, dict) else None
     if values:
         count = (f"{metrics['num_labelled_pixels']} labelled test pixels"
-                 if "num_labelled_pixels" in metrics else f"{_fmt(metrics.get('num_samples'))} test samples")
+                 if "num_labelled_pixels" in metrics
+                 else f"{metrics['num_images']} test images, {_fmt(metrics.get('num_true_boxes'))} "
+                      "true boxes" if "num_images" in metrics  # a detection report
+                 else f"{_fmt(metrics.get('num_samples'))} test samples")
         lines += [f"From the run's `metrics.json` ({count}; they describe the checkpoint tested "
                   "in that run).", "",
                   "| metric | value |", "|---|---|",
