@@ -67,8 +67,19 @@ class SceneDetectionSource(SampleSource):
     block's edge); a block smaller than a tile (at the scene's edge) gets one window whose pixels
     past the block are nodata. Tiles with no valid pixel (all nodata) are left out and counted
     in :attr:`nodata_tiles`; tiles touching a skipped object of known place (``objects.ignored``)
-    are left out and counted in :attr:`ignored_tiles`. ``labels`` is 1 for tiles with objects, ``strata`` the rarest class
-    of the tile's block (so rare classes spread over the splits), ``groups`` the block.
+    are left out and counted in :attr:`ignored_tiles`. ``labels`` is 1 for tiles with objects,
+    ``strata`` the rarest class of the tile's block (so rare classes spread over the splits),
+    ``groups`` the block.
+
+    Args:
+        stack: the scene.
+        spec: its band handling (selection, indices, nodata).
+        objects: the scene's objects in its pixels.
+        tile: tile side in pixels (the network input).
+        overlap: overlap of neighbouring tiles inside a block, pixels.
+        block: spatial block side in pixels (the unit of the split).
+        min_visibility: share of an object's area a tile must hold to keep its clipped box.
+        **facts: further :class:`~core.data.SampleSource` facts (``class_names``).
     """
 
     def __init__(self, stack: RasterStack, spec: BandSpec, objects: SceneObjects, tile: int,
