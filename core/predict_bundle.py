@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None, bundle: str | Path | None = None) ->
     except DataError as err:
         parser.exit(2, f"error: {err}\n")
     for kind, value in written.items():
+        # Scene detection returns the files of each scene by kind: list the paths.
+        items = [v for item in value for v in (item.values() if isinstance(item, dict) else [item])] \
+            if isinstance(value, list) else []
         shown = (f"{len(value)} file(s) in {args.out}" if isinstance(value, dict)
-                 else ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+                 else ", ".join(map(str, items)) if isinstance(value, list) else str(value))
         print(f"{kind}: {shown}")

@@ -21,15 +21,15 @@ import torch
 from PIL import Image
 
 from core import export, export_detection
-from core.bundle import SCHEMA_VERSION, load_bundle
+from core.bundle import SCHEMA_VERSION, Bundle, load_bundle
 from core.bundle_verify import verify_bundle
 from core.detection import DetectionTask
 from core.errors import DataError
 from core.export_detection import check_detection_parity, pair_detections, parity_images
 from core.image_reader import IMAGE
-from core.predict_detection import detect, to_stored_pixels
+from core.predict_detection import detect, detect_scenes, to_stored_pixels
 from core.preprocess import read_image_file, to_network_input
-from core.readers import contract_json
+from core.readers import InputReader, contract_json
 from core.torch_free import BLOCKED, run_without_torch
 from domains.medical.plugin import DICOM
 
@@ -300,6 +300,54 @@ def test_the_bundles_own_predict_py_writes_the_same_detections(fcos, tmp_path):
     assert _csv(tmp_path / "own" / "detections.csv") == _csv(cli / "detections.csv")
     own = json.loads((tmp_path / "own" / "detections.json").read_text())
     assert own["annotations"] == json.loads((cli / "detections.json").read_text())["annotations"]
+
+
+# ---- whole scenes: the hook tiled readers implement ---------------------------------------------
+class SceneReader(InputReader):
+    """A tiled test reader: its scene detection runs ``detect`` on the top-left network-sized
+    tile of an image and records what it got."""
+
+    name = "tests.test_detection_export:SCENE_READER"
+    extensions = (".png",)
+    tiled = True
+    scene_detection = True
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def read(self, path, contract):
+        return read_image_file(path, "rgb")
+
+    def detect_scene(self, bundle, path, out, detect, score_threshold):
+        c = bundle.contract
+        tile = to_network_input(self.read(path, c)[:SIZE, :SIZE], SIZE, c.mean, c.std)
+        self.calls.append({"path": path, "found": detect(tile), "threshold": score_threshold})
+        return {"scene": out / f"{Path(path).stem}.json"}
+
+
+SCENE_READER = SceneReader()
+
+
+def test_tiled_readers_of_detection_bundles_get_detect_scene(fcos, tmp_path):
+    bundle = load_bundle(fcos["bundle"])
+    contract = SCENE_READER.contract(in_chans=3, image_size=SIZE, mean=MEAN, std=STD, class_names=NAMES)
+    scene_bundle = Bundle(bundle.path, bundle.meta, _contract=contract)
+    files = sorted(fcos["inputs"].glob("*.png"))
+    written = detect_scenes(scene_bundle, files, tmp_path, override=None)
+    assert written == [{"scene": tmp_path / "a_wide.json"}, {"scene": tmp_path / "b_square.json"}]
+    square = SCENE_READER.calls[1]
+    assert square["threshold"] == pytest.approx(fcos["threshold"])
+    boxes, scores, labels = square["found"]  # the whole 64x64 image is the tile: no scaling
+    want = fcos["expected"]["b_square.png"]
+    assert len(boxes) == len(want[0]) and pair_detections(want, (boxes, scores, labels))[0] < 1e-3
+    assert labels.dtype == np.int64 and boxes.shape[1] == 4
+    assert detect_scenes(scene_bundle, files[:1], tmp_path, override=0.25)[0]
+    assert SCENE_READER.calls[-1]["threshold"] == 0.25
+
+
+def test_readers_without_scene_detection_say_so(tmp_path):
+    with pytest.raises(DataError, match="input reader 'image' has no tiled scene detection"):
+        IMAGE.detect_scene(None, tmp_path / "x.png", tmp_path, lambda tile: None, 0.5)
 
 
 # ---- DICOM -----------------------------------------------------------------------------------
