@@ -26,6 +26,7 @@ from torchmetrics.classification import (
 
 from core import operating_point as op
 from core.losses import balanced_class_weights, class_weight_buffer
+from core.distributed import rank_zero_dir
 from core.prediction_writer import ClassificationCSVWriter
 from core.reporting import write_classification_report
 from core.task import ConvNeXtTask
@@ -212,9 +213,10 @@ class ClassificationTask(ConvNeXtTask):
                 "target_recall": self.hparams.target_recall, **named,
                 **{k: rates[k] for k in ("tp", "fp", "tn", "fn")},
             }, "scores": scores, "positive": positive}
-        if stage == "test":
+        folder = rank_zero_dir(self.trainer) if stage == "test" else None
+        if folder is not None:  # the gathered results, written once
             write_classification_report(
-                self.trainer.log_dir, values, probs, target, self.class_names,
+                folder, values, probs, target, self.class_names,
                 multilabel=self.multilabel, checkpoint=self.evaluated_checkpoint(), **report,
             )
 

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from core.data import ConvNeXtDataModule
+from core.distributed import check_slurm_layout
 from core.errors import DataError
 from core.progress import progress_settings
 from core.resume import LIGHTNING_CKPT_WORDS, plan_resume
@@ -52,6 +53,8 @@ class ConvNeXtCLI(LightningCLI):
         if ckpt and str(ckpt) not in LIGHTNING_CKPT_WORDS and not Path(ckpt).expanduser().is_file():
             raise DataError(f"checkpoint '{ckpt}' does not exist; give the path of a .ckpt file, "
                             "e.g. runs/<name>/version_N/checkpoints/last.ckpt")
+        if config is not None and config.get("trainer") is not None:
+            check_slurm_layout(config.trainer.get("devices", "auto"), config.trainer.get("num_nodes", 1))
         if self.subcommand == "fit" and ckpt:
             self._extra_callbacks = plan_resume(ckpt, config.trainer.logger)
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from core.contracts import InputContract
+from core.distributed import eval_sampler, rank_zero_dir
 from core.errors import DataError
 from core.filescan import write_skipped_report
 from core.image_reader import IMAGE
@@ -591,9 +592,8 @@ class ConvNeXtDataModule(LightningDataModule, abc.ABC):
     def write_skipped_report(self) -> Path | None:
         """``skipped_files.csv`` in the run directory when files were skipped and a trainer runs."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.is_global_zero:
-            return None
-        return write_skipped_report(self.skipped, trainer.log_dir)
+        folder = rank_zero_dir(trainer) if trainer is not None else None
+        return write_skipped_report(self.skipped, folder) if folder is not None else None
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -634,9 +634,13 @@ class ConvNeXtDataModule(LightningDataModule, abc.ABC):
                                 f"channel(s); give one {name} per channel or leave it unset")
 
     # -- dataloaders --
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+        """A loader of ``dataset``; one with neither ``shuffle`` nor a ``sampler`` is an evaluation
+        loader: under DDP each rank reads its share without repeats (:func:`eval_sampler`)."""
         h = self.hparams
-        return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, drop_last=False,
+        if sampler is None and not shuffle:
+            sampler = eval_sampler(dataset)
+        return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, sampler=sampler, drop_last=False,
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
                           worker_init_fn=seed_worker_transform,
                           collate_fn=partial(collate_samples, ragged_keys=self.ragged_keys))

@@ -34,6 +34,7 @@ from core.detection_metrics import (
     threshold_for_object_recall,
 )
 from core.detection_report import SampleImage, write_detection_report
+from core.distributed import gather_objects, rank_zero_dir
 from core.detectors import (
     DEFAULT_FOCAL,
     DEFAULT_NMS,
@@ -483,8 +484,11 @@ class DetectionTask(ConvNeXtTask):
         self.log_dict(logged)
         if stage != "test":
             return
-        samples, self._samples = self._samples, []
-        if not self.trainer.is_global_zero:
+        # Under DDP every rank kept its own sample images: rank 0 draws up to report_images of them.
+        samples = [s for share in gather_objects(self._samples) for s in share][:self.hparams.report_images]
+        self._samples = []
+        folder = rank_zero_dir(self.trainer)
+        if folder is None:
             return
         kept = [_filtered(s, threshold) for s in samples]
         details = {
@@ -504,7 +508,7 @@ class DetectionTask(ConvNeXtTask):
                 "image_counts": {k: rates[k] for k in ("tp", "fp", "tn", "fn")},
             },
         }
-        write_detection_report(self.trainer.log_dir, {**values, **logged}, self.class_names, kept,
+        write_detection_report(folder, {**values, **logged}, self.class_names, kept,
                                details, checkpoint=self.evaluated_checkpoint(), threshold=threshold)
 
     # ---- prediction --------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import Tensor
 from core.atomic import write_atomic
 from core.backbone import backbone_from_hparams
 from core.checkpointing import default_checkpoints
+from core.distributed import rank_zero_dir
 from core.errors import DataError
 from core.fcmae import FCMAE, random_patch_mask
 from core.recipe import adamw_warmup_cosine, recipe_param_groups
@@ -134,8 +135,11 @@ class FCMAETask(LightningModule):
         return callbacks
 
     # ---- outputs -----------------------------------------------------------------------------
-    def output_dir(self) -> Path:
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+    def output_dir(self) -> Path | None:
+        """Where the weights go: the run's folder on rank 0, None on the other ranks (all call it)."""
+        if self.trainer.loggers:
+            return rank_zero_dir(self.trainer)
+        return Path(self.trainer.default_root_dir) if self.trainer.is_global_zero else None
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The encoder in timm's key layout, as ``pretrained: PATH`` expects."""
@@ -150,16 +154,18 @@ class FCMAETask(LightningModule):
             "backbone": str(self.hparams.backbone), "in_chans": str(self.hparams.in_chans)}))
 
     def on_train_epoch_end(self) -> None:
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.save_encoder(self.output_dir() / self.hparams.weights_name)
+        folder = self.output_dir()
+        if folder is not None and not self.trainer.sanity_checking:
+            self.save_encoder(folder / self.hparams.weights_name)
 
     def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero:
+        folder = self.output_dir()
+        if folder is None:
             return
-        path = self.output_dir() / self.hparams.weights_name
+        path = folder / self.hparams.weights_name
         log.info("FCMAE encoder weights: %s (use model.init_args.pretrained: %s)", path, path)
         if self._shown is not None:
-            self.write_reconstructions(self.output_dir() / RECONSTRUCTIONS_FILE)
+            self.write_reconstructions(folder / RECONSTRUCTIONS_FILE)
 
     @torch.no_grad()
     def write_reconstructions(self, path: Path) -> Path:

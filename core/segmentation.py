@@ -28,6 +28,7 @@ from core.losses import (
     masked_cross_entropy,
     soft_dice_loss,
 )
+from core.distributed import rank_zero_dir
 from core.reporting import write_segmentation_report
 from core.task import ConvNeXtTask
 
@@ -175,8 +176,9 @@ class SegmentationTask(ConvNeXtTask):
             return
         confusion = self.test_confusion.compute()  # every rank takes part in the sync
         self.test_confusion.reset()
-        if self.trainer.is_global_zero:
-            write_segmentation_report(self.trainer.log_dir, values, confusion, self.class_names,
+        folder = rank_zero_dir(self.trainer)
+        if folder is not None:
+            write_segmentation_report(folder, values, confusion, self.class_names,
                                       ignore_index=self.ignore_index,
                                       checkpoint=self.evaluated_checkpoint())
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from core.backbone import ConvNeXtBackbone, backbone_from_hparams
 from core.bundle import SCHEMA_VERSION
@@ -92,6 +92,9 @@ class ConvNeXtTask(LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        # The evaluation loss as a sample-weighted mean that torchmetrics syncs exactly across
+        # DDP ranks with unequal shares (Lightning's sync_dist of a logged mean does not).
+        self.eval_loss = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
     # ---- hooks ---------------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -153,8 +156,11 @@ class ConvNeXtTask(LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(self._non_finite_message(stage, loss))
         self.update_metrics(stage, outputs.detach(), target)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True,
-                 prog_bar=True, batch_size=x.shape[0])
+        if stage == "train":  # rank 0's, without a sync per step
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        else:
+            self.eval_loss[stage].update(loss.detach(), weight=x.shape[0])
+            self.log(f"{stage}/loss", self.eval_loss[stage], on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _non_finite_message(self, stage: str, loss: Tensor) -> str:

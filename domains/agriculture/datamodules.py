@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
 from core.transforms import eval_transform, train_transform
@@ -26,26 +27,64 @@ from domains.agriculture.sources import (
 )
 
 
-class RandomTiles(Dataset):
-    """``length`` random training tiles: a tile slot drawn by weight, then a random position
-    inside its spatial block (so a tile never crosses into another split's block)."""
+class TileDraws(Sampler):
+    """``length`` random training tiles per epoch, as ``(slot, column offset, row offset)``:
+    a tile slot drawn by weight, then a position inside its spatial block.
 
-    def __init__(self, source: SceneTileSource, indices: np.ndarray, weights: np.ndarray,
-                 length: int, transform) -> None:
-        self.source, self.indices, self.transform = source, np.asarray(indices), transform
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)
-        self.length = length
+    The draws are the sampler's, not the dataset's: from a generator seeded with ``seed`` and
+    the epoch, so every DDP rank draws the same list and Lightning's distributed wrapper gives
+    each rank a disjoint share of it (a dataset drawing from torch's global RNG would make every
+    rank read the same tiles). ``set_epoch`` is honoured; without it (inside Lightning's
+    wrapper) each pass over the sampler counts as the next epoch.
+
+    Args:
+        slots: tile slots of the training split (indices into the source's tiles).
+        weights: sampling weight per slot (oversampling).
+        spans: per slot, how many column and row offsets its block allows.
+        length: tiles per epoch.
+        seed: base seed of the draws.
+    """
+
+    def __init__(self, slots: np.ndarray, weights: np.ndarray, spans: np.ndarray, length: int,
+                 seed: int) -> None:
+        self.slots, self.spans = np.asarray(slots), np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        weights = np.asarray(weights, dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        j = int(self.indices[int(torch.multinomial(self.weights, 1))])
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        picks = rng.choice(len(self.weights), size=self.length, p=self.weights)
+        offsets = np.floor(rng.random((self.length, 2)) * self.spans[picks]).astype(np.int64)
+        for pick, (dc, dr) in zip(picks.tolist(), offsets.tolist(), strict=True):
+            yield int(self.slots[pick]), dc, dr
+
+
+class RandomTiles(Dataset):
+    """Training tiles at the positions :class:`TileDraws` gives (its items are the keys), so
+    a tile never crosses into another split's block."""
+
+    def __init__(self, source: SceneTileSource, transform) -> None:
+        self.source, self.transform = source, transform
+
+    def spans(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot, the number of column and row offsets a tile has inside its block."""
+        tile = self.source.tile
+        blocks = [self.source.block_windows[self.source.blocks[int(j)]] for j in slots]
+        return np.array([[max(1, int(b.width) - tile + 1), max(1, int(b.height) - tile + 1)]
+                         for b in blocks], dtype=np.int64).reshape(-1, 2)
+
+    def __getitem__(self, draw: tuple[int, int, int]) -> dict[str, Any]:
+        j, dc, dr = draw
         block = self.source.block_windows[self.source.blocks[j]]
         tile = self.source.tile
-        # torch's RNG is seeded per worker by the DataLoader, so workers draw different tiles.
-        dc = int(torch.randint(0, max(1, int(block.width) - tile + 1), (1,)))
-        dr = int(torch.randint(0, max(1, int(block.height) - tile + 1), (1,)))
         window = Window(block.col_off + dc, block.row_off + dr, tile, tile)
         sample = self.source.read_window(window, f"r{int(window.row_off)}_c{int(window.col_off)}", block)
         return apply_transform(self.transform, sample)
@@ -236,9 +275,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         self.ensure_stats()
         idx = self.splits["train"]
         weights = dominant_weights(self.source.class_pixels[idx], h.oversample)
-        dataset = RandomTiles(self.source, idx, weights, h.samples_per_epoch,
-                              train_transform(h.tile_size, self.mean, self.std, h.augment))
-        return self._loader(dataset, shuffle=False)
+        dataset = RandomTiles(self.source, train_transform(h.tile_size, self.mean, self.std, h.augment))
+        # Seeded by seed_everything, the same on every rank (see TileDraws).
+        draws = TileDraws(idx, weights, dataset.spans(idx), h.samples_per_epoch, torch.initial_seed())
+        return self._loader(dataset, shuffle=False, sampler=draws)
 
     def predict_dataloader(self) -> DataLoader:
         h = self.hparams
