@@ -224,6 +224,22 @@ def test_multiframe_files_need_the_frame_column(tmp_path):
         _ = module(manifest).source
 
 
+def test_predict_inputs_are_every_frame_and_unreadable_files_follow_the_policy(tmp_path):
+    dm = module(box_study(tmp_path), on_bad_annotation="skip")
+    (tmp_path / "new").mkdir()
+    cine = lesion_slice(tmp_path / "new" / "cine.dcm", [], 1, 9, inverted=True, frames=3)
+    (tmp_path / "new" / "notes.dcm").write_text("not an image")
+    source = dm.predict_source([cine, tmp_path / "new" / "notes.dcm", tmp_path / "slices" / "s0_0.dcm"])
+    assert source.frames == [0, 1, 2, 0] and source.class_names == dm.class_names
+    assert [Path(i).name for i in source.ids] == ["cine.dcm#frame0", "cine.dcm#frame1", "cine.dcm#frame2", "s0_0.dcm"]
+    assert source.uids == [f"{UID}.1.9"] * 3 + [f"{UID}.0.0"]
+    assert [Path(p).name for p, _ in dm.skipped] == ["notes.dcm"]
+    sample = source.read(2)
+    assert sample["frame"] == 2 and sample["boxes"].shape == (0, 4) and sample["patient_index"] == -1
+    with pytest.raises(DataError, match="notes.dcm.*not a DICOM file"):
+        module(box_study(tmp_path / "b")).predict_source([tmp_path / "new" / "notes.dcm"])
+
+
 # ---- bad rows --------------------------------------------------------------------------------
 BAD_ROWS = {
     "outside": ("slices/s0_0.dcm,50,5,70,20,nodule,ZZPID00000", r"reaches 6.0 px outside the 64x48 image"),
@@ -358,11 +374,13 @@ def test_the_config_runs_fast_dev_run_on_synthetic_dicoms(tmp_path, monkeypatch)
 def test_cli_fit_test_predict_and_no_identifier_in_any_written_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     manifest = box_study(tmp_path / "study")
+    # A row giving s0_1 another patient's ID: skipped, and listed without the IDs.
+    manifest.write_text(manifest.read_text() + "slices/s0_1.dcm,5,5,10,10,nodule,ZZPID00003\n")
     base = ["--config", str(ROOT / "configs" / "medical" / "detection.yaml"), *TINY_ARGS,
             "--model.init_args.fpn_channels=32", f"--data.init_args.manifest={manifest}",
             "--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
             "--data.init_args.val_fraction=0.34", "--data.init_args.test_fraction=0.34",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--data.init_args.on_bad_annotation=skip"]
     fit = run_cli(["fit", *base, "--trainer.max_epochs=1"])  # one step: 4 training images
     assert fit.trainer.global_step == 1 and fit.model.hparams.class_names == ["mass", "nodule"]
     best = fit.trainer.checkpoint_callback.best_model_path
@@ -379,7 +397,10 @@ def test_cli_fit_test_predict_and_no_identifier_in_any_written_file(tmp_path, mo
     assert len(images) == 12 and all(i["size"] == [ROWS, COLS] for i in images)
 
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
-    assert {"metrics.json", "detections.csv", "detections.json", "metrics.csv"} <= {p.name for p in written}
+    assert {"metrics.json", "detections.csv", "detections.json", "metrics.csv", "skipped_files.csv"} <= {
+        p.name for p in written}
+    skipped = read_csv(Path(fit.trainer.log_dir) / "skipped_files.csv")
+    assert [Path(r["path"]).name for r in skipped] == ["s0_1.dcm"] and "two different patients" in skipped[0]["reason"]
     assert any(p.suffix == ".ckpt" for p in written)
     identifiers = set()
     for i in range(6):
