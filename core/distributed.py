@@ -79,3 +79,11 @@ def rank_zero_dir(trainer: Any) -> Path | None:
     if folder is None or not trainer.is_global_zero:
         return None
     return Path(folder)
+
+
+def require_one_process(trainer: Any, what: str) -> None:
+    """Refuse to run ``what`` (an output that one process must write whole, such as a scene
+    raster) from several processes, naming the fix."""
+    if trainer.world_size > 1:
+        raise DataError(f"{what} is written by one process, but this run has {trainer.world_size}; "
+                        "run predict with --trainer.devices=1 (and --trainer.num_nodes=1)")

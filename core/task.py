@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -20,6 +22,11 @@ from core.ema import ParameterEMA
 from core.readers import contract_json
 from core.recipe import adamw_warmup_cosine, recipe_param_groups
 from core.weights import parse_pretrained
+
+# Our epoch metrics are torchmetrics results, already synced over DDP ranks when they are
+# logged (and train/loss is rank 0's on purpose): Lightning's advice to add sync_dist would
+# only average identical values, once per metric and epoch in every run's output.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
 
 STAGES = ("train", "val", "test")
 

@@ -189,3 +189,23 @@ def test_two_cpu_processes_train_on_disjoint_shares_and_evaluate_exactly(tmp_pat
     with files[0].open() as f:
         ids = [row["id"] for row in csv.DictReader(f)]
     assert ids == list(paths[dm.splits["test"]])
+
+
+def test_outputs_one_process_must_write_whole_refuse_several():
+    class Trainer:
+        world_size = 2
+
+    with pytest.raises(DataError, match="masks.csv is written by one process.*--trainer.devices=1"):
+        distributed.require_one_process(Trainer(), "masks.csv")
+    Trainer.world_size = 1
+    distributed.require_one_process(Trainer(), "masks.csv")
+
+
+def test_dicom_mask_prediction_refuses_several_processes():
+    from domains.medical.prediction import SegmentationMaskWriter
+
+    class Trainer:
+        world_size = 2
+
+    with pytest.raises(DataError, match="masks.csv is written by one process"):
+        SegmentationMaskWriter().on_predict_start(Trainer(), None)

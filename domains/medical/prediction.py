@@ -24,6 +24,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from core.atomic import write_atomic
+from core.distributed import require_one_process
 from core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class SegmentationMaskWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         import pydicom
 
+        # masks.csv lists every image of the run: one process must see them all.
+        require_one_process(trainer, "masks.csv")
         self.out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
         self._format = self.predict_format or getattr(trainer.datamodule, "predict_format", None) or "png"
         if self._format not in PREDICT_FORMATS:
