@@ -24,7 +24,7 @@ DISTRIBUTION = "convnext-domains"
 LAUNCHER_SOURCE = '''"""Predict with this bundle; needs neither torch nor a convnext-domains checkout.
 
     pip install -r requirements.txt
-    python predict.py INPUT... --out OUT [--threshold T]
+    python predict.py INPUT... --out OUT [--threshold T]   (detectors: [--score-threshold T])
 
 predictor/ is a copy of convnext-domains' torch-free prediction code, made at export and sealed
 with the model in metadata.json: a modified file is refused before it runs.

@@ -176,14 +176,19 @@ def test_a_failed_detection_parity_writes_no_bundle(fcos, tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_retinanet_without_detections_exports_and_predicts_nothing(fcos, tmp_path, caplog):
+def test_retinanet_without_detections_exports_and_predicts_nothing(fcos, tmp_path, caplog, capsys):
     """Untrained retinanet scores sit at the focal prior 0.01, below score_thresh: N=0."""
     contract = IMAGE.contract(channels="rgb", in_chans=3, image_size=SIZE, mean=MEAN, std=STD,
                               class_names=NAMES)
     task = _task("retinanet")  # no threshold chosen (NaN): predict falls back to score_thresh
+    bundle = tmp_path / "bundle"
     with caplog.at_level("WARNING", logger="core.export"):
-        bundle = export.export_bundle(_save(task, contract, tmp_path / "r.ckpt"), tmp_path / "bundle")
+        assert export.main(["--ckpt", str(_save(task, contract, tmp_path / "r.ckpt")),
+                            "--out", str(bundle)]) == 0
     assert "finds nothing on the 4 parity inputs" in caplog.text
+    printed = capsys.readouterr().out
+    assert "parity: 0 detection(s) on 4 seeded inputs, same count and labels" in printed
+    assert "max box difference 0 px (tolerance 0.001)" in printed
     meta = _meta(bundle)
     assert meta["parity"]["detections"] == [0, 0, 0, 0]
     assert (meta["parity"]["max_box_diff_px"], meta["parity"]["max_score_diff"]) == (0.0, 0.0)
