@@ -7,6 +7,7 @@ import pytest
 from domains.agriculture.synthetic import write_demo_scene
 
 from .config_runs import assert_one_linked_step, config_id, domain_configs, fast_dev_run
+from .test_agriculture_detection import detection_scene_data
 
 CONFIGS = domain_configs("agriculture")
 
@@ -29,7 +30,8 @@ def patch_data(tmp_path, monkeypatch) -> list[str]:
 
 
 # Per datamodule of configs/agriculture/: how to give it tiny synthetic data.
-SYNTHETIC_DATA = {"SceneSegmentationDataModule": scene_data, "GeoTiffFolderDataModule": patch_data}
+SYNTHETIC_DATA = {"SceneSegmentationDataModule": scene_data, "GeoTiffFolderDataModule": patch_data,
+                  "SceneDetectionDataModule": detection_scene_data}
 
 
 def test_the_domain_has_configs():

@@ -209,3 +209,14 @@ def test_dicom_mask_prediction_refuses_several_processes():
 
     with pytest.raises(DataError, match="masks.csv is written by one process"):
         SegmentationMaskWriter().on_predict_start(Trainer(), None)
+
+
+@pytest.mark.parametrize("writer", ["ScenePredictionWriter", "SceneDetectionWriter"])
+def test_scene_prediction_refuses_several_processes(writer):
+    import domains.agriculture.prediction as prediction
+
+    class Trainer:
+        world_size = 2
+
+    with pytest.raises(DataError, match="scene's .* is written by one process"):
+        getattr(prediction, writer)().on_predict_start(Trainer(), None)

@@ -2,8 +2,10 @@
 
 from core.lazy import lazy_exports
 
-__all__ = ["GeoTiffFolderDataModule", "SceneSegmentationDataModule", "SceneSegmentationTask"]
+__all__ = ["GeoTiffFolderDataModule", "SceneDetectionDataModule", "SceneDetectionTask",
+           "SceneSegmentationDataModule", "SceneSegmentationTask"]
 __getattr__, __dir__ = lazy_exports(__name__, {
     "GeoTiffFolderDataModule": "datamodules", "SceneSegmentationDataModule": "datamodules",
     "SceneSegmentationTask": "tasks",
+    "SceneDetectionDataModule": "detection", "SceneDetectionTask": "detection",
 })

@@ -127,6 +127,16 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
             stack.close()
 
     def outputs(self, task: str) -> dict[str, str]:
+        if task == "detection":
+            from domains.agriculture.scene_detection import (
+                SCENE_DETECTIONS,
+                SCENE_DETECTIONS_CSV,
+                SCENE_DETECTIONS_WGS84,
+            )
+            return {SCENE_DETECTIONS: "box polygons in the scene's CRS (`crs` member), with class, "
+                                      "score and the pixel box",
+                    SCENE_DETECTIONS_WGS84: "the same polygons in WGS84 lon/lat (RFC 7946)",
+                    SCENE_DETECTIONS_CSV: "one row per detection: pixel box, class, score"}
         classes = SCENE_CLASSES.removesuffix(".tif")
         return {SCENE_CLASSES: "class index per pixel (255: no data), georeferenced like the scene",
                 f"{classes}.json": "class names and the input's statistics against training's",

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from rasterio.windows import Window
 
+from core.distributed import require_one_process
 from domains.agriculture.scene import SceneWriter
 from domains.agriculture.scene_detection import SceneDetections, write_scene_detections
 
@@ -30,6 +31,7 @@ class ScenePredictionWriter(BasePredictionWriter):
         self.outputs: dict[str, Any] = {}
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        require_one_process(trainer, "a scene's class map")
         # The dataloader (and so the scene) exists once predict starts.
         spec = trainer.datamodule.scene_output(trainer.log_dir)
         self.outputs = {"classes": spec["path"], "probabilities": spec["probabilities_path"]}
@@ -80,6 +82,7 @@ class SceneDetectionWriter(BasePredictionWriter):
         self.outputs: dict[str, Any] = {}
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        require_one_process(trainer, "a scene's merged detections")
         self.spec = trainer.datamodule.scene_detection_output(trainer.log_dir)
         self.scene = None  # made at the first batch, when the task's threshold is known
 
