@@ -334,8 +334,8 @@ def test_patient_sensitivity_by_hand():
 def test_writer_maps_boxes_back_to_the_stored_image(tmp_path):
     from domains.medical.detection_task import DetectionFileWriter
 
-    class Run:  # the two trainer attributes the writer reads
-        log_dir = str(tmp_path)
+    class Run:  # the trainer attributes the writer reads
+        log_dir, world_size = str(tmp_path), 1
 
     writer = DetectionFileWriter()
     writer.on_predict_start(Run(), None)
@@ -357,6 +357,9 @@ def test_writer_maps_boxes_back_to_the_stored_image(tmp_path):
     assert images[0]["size"] == [48, 64] and images[0]["detections"][0]["box"] == [8.0, 12.0, 24.0, 24.0]
     assert images[1]["detections"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.csv", "detections.json"]  # no temporaries
+    Run.world_size = 2  # each process would write its share under the same name
+    with pytest.raises(DataError, match="detections.csv is written by one process.*--trainer.devices=1"):
+        writer.on_predict_start(Run(), None)
 
 
 # ---- through the CLI -------------------------------------------------------------------------

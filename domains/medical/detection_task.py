@@ -26,6 +26,7 @@ from torchmetrics.aggregation import CatMetric
 from core.atomic import write_atomic
 from core.detection import DetectionTask
 from core.detection_metrics import match_image
+from core.distributed import require_one_process
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class DetectionFileWriter(BasePredictionWriter):
         self.images: list[dict[str, Any]] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The two files list every image of the run: one process must see them all.
+        require_one_process(trainer, f"{self.stem}.csv")
         self.images = []
 
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
