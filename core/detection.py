@@ -34,7 +34,7 @@ from core.detection_metrics import (
     threshold_for_object_recall,
 )
 from core.detection_report import SampleImage, write_detection_report
-from core.distributed import gather_objects, rank_zero_dir
+from core.detection_writer import DetectionFileWriter
 from core.detectors import (
     DEFAULT_FOCAL,
     DEFAULT_NMS,
@@ -45,6 +45,7 @@ from core.detectors import (
     build_detector,
     pyramid_strides,
 )
+from core.distributed import gather_objects, rank_zero_dir
 from core.task import ConvNeXtTask
 
 log = logging.getLogger(__name__)
@@ -512,6 +513,10 @@ class DetectionTask(ConvNeXtTask):
                                details, checkpoint=self.evaluated_checkpoint(), threshold=threshold)
 
     # ---- prediction --------------------------------------------------------------------
+    def prediction_writer(self) -> DetectionFileWriter:
+        """``detections.csv`` / ``detections.json`` of ``predict`` in the run's folder."""
+        return DetectionFileWriter()
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Per image (in the order of ``id``): all detections above ``score_thresh`` and
         ``kept``, whether each reaches the operating threshold."""

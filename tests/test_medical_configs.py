@@ -25,7 +25,14 @@ def dicom_masks(tmp_path, monkeypatch) -> list[str]:
 
 
 # Per datamodule of configs/medical/: how to give it tiny synthetic data.
-SYNTHETIC_DATA = {"DicomDataModule": dicom_labels, "DicomSegmentationDataModule": dicom_masks}
+def dicom_boxes(tmp_path, monkeypatch) -> list[str]:
+    from .test_medical_detection import dicom_box_data
+
+    return dicom_box_data(tmp_path, monkeypatch)
+
+
+SYNTHETIC_DATA = {"DicomDataModule": dicom_labels, "DicomSegmentationDataModule": dicom_masks,
+                  "DicomDetectionDataModule": dicom_boxes}
 
 
 def test_the_domain_has_configs():

@@ -22,7 +22,6 @@ from core.errors import DataError
 from domains.medical.detection import DicomDetectionDataModule
 from domains.medical.detection_task import MedicalDetectionTask, patient_sensitivity
 
-from .config_runs import assert_one_linked_step, fast_dev_run
 from .conftest import TINY, TINY_ARGS
 from .dicom_helpers import patient_identity, write_dicom
 
@@ -332,12 +331,12 @@ def test_patient_sensitivity_by_hand():
 
 
 def test_writer_maps_boxes_back_to_the_stored_image(tmp_path):
-    from domains.medical.detection_task import DetectionFileWriter
+    from domains.medical.detection_task import DicomDetectionFileWriter
 
     class Run:  # the trainer attributes the writer reads
         log_dir, world_size = str(tmp_path), 1
 
-    writer = DetectionFileWriter()
+    writer = DicomDetectionFileWriter()
     writer.on_predict_start(Run(), None)
     prediction = {"id": ["a", "b"], "boxes": [torch.tensor([[4.0, 8.0, 12.0, 16.0]]), torch.zeros((0, 4))],
                   "scores": [torch.tensor([0.75]), torch.zeros(0)], "labels": [torch.tensor([1]), torch.zeros(0, dtype=torch.int64)],
@@ -363,17 +362,6 @@ def test_writer_maps_boxes_back_to_the_stored_image(tmp_path):
 
 
 # ---- through the CLI -------------------------------------------------------------------------
-def test_the_config_runs_fast_dev_run_on_synthetic_dicoms(tmp_path, monkeypatch):
-    # The shared config runner, with this data registered for the config's datamodule (what
-    # tests/test_medical_configs.py's SYNTHETIC_DATA does for the other medical configs).
-    from . import test_medical_configs
-
-    monkeypatch.setitem(test_medical_configs.SYNTHETIC_DATA, "DicomDetectionDataModule", dicom_box_data)
-    cli = fast_dev_run(ROOT / "configs" / "medical" / "detection.yaml", tmp_path, monkeypatch)
-    assert_one_linked_step(cli)
-    assert cli.datamodule.class_names == ["mass", "nodule"] and cli.model.hparams.in_chans == 1
-
-
 def test_cli_fit_test_predict_and_no_identifier_in_any_written_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     manifest = box_study(tmp_path / "study")

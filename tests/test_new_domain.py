@@ -42,7 +42,8 @@ SLOW_GENERATED = ("test_segmentation_reports_dice_iou_and_hd95",
                   "test_privacy_no_identifier_in_any_written_file",
                   "test_cli_fit_keeps_best_dice_and_predict_writes_native_masks",
                   "test_cli_fit_then_predict_scene_from_checkpoint",
-                  "test_config_fast_dev_run_then_predict_writes_geojson")
+                  "test_config_fast_dev_run_then_predict_writes_geojson",
+                  "test_cli_fit_test_predict_and_no_identifier_in_any_written_file")
 
 
 def copy_project(dest: Path) -> Path:

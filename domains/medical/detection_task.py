@@ -9,29 +9,19 @@ written: the patients are integer positions in the data, used only to count.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 
-from core.atomic import write_atomic
 from core.detection import DetectionTask
 from core.detection_metrics import match_image
-from core.distributed import require_one_process
+from core.detection_writer import DetectionFileWriter
 
 log = logging.getLogger(__name__)
-
-CSV_COLUMNS = ("path", "sop_instance_uid", "frame", "x0", "y0", "x1", "y1", "label", "score", "kept", "threshold")
-
 
 def patient_sensitivity(patients: Tensor, best_true_scores: Tensor, has_objects: Tensor,
                         threshold: float) -> tuple[float, int, int]:
@@ -65,7 +55,7 @@ class MedicalDetectionTask(DetectionTask):
     least one true object who get at least one true positive on any of their images (batches
     need ``patient_index``, as :class:`~domains.medical.detection.DicomDetectionDataModule`
     gives; otherwise it is left out). ``predict`` writes ``detections.csv`` and
-    ``detections.json`` (see :class:`DetectionFileWriter`).
+    ``detections.json`` (see :class:`DicomDetectionFileWriter`).
 
     Args:
         target_recall: share of the true boxes the threshold must find on validation.
@@ -87,8 +77,8 @@ class MedicalDetectionTask(DetectionTask):
                                                       for s in ("val", "test") for k in self._patient_keys})
         self._eval_batch: dict[str, Any] | None = None
 
-    def prediction_writer(self) -> DetectionFileWriter:
-        return DetectionFileWriter()
+    def prediction_writer(self) -> DicomDetectionFileWriter:
+        return DicomDetectionFileWriter()
 
     # ---- per-patient sensitivity ----------------------------------------------------------
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -141,73 +131,18 @@ class MedicalDetectionTask(DetectionTask):
         self._eval_batch = None
 
 
-class DetectionFileWriter(BasePredictionWriter):
-    """``predict`` detections as ``detections.csv`` and ``detections.json`` in the run's log
-    directory, boxes in pixels of the stored image (predicted boxes scaled from the network
-    input by each image's ``orig_size``).
-
-    ``detections.csv``: one row per detection above the model's ``score_thresh``, columns
-    ``path, sop_instance_uid, frame, x0, y0, x1, y1, label, score, kept, threshold`` (``kept``:
-    the score reaches the operating threshold); an image without detections has one row with
-    empty box, label and score, so every image appears. ``detections.json``: one entry per image
-    with the same keys and ``size`` ([rows, columns]) and a list of ``detections``. Batches
-    without ``path``/``sop_instance_uid``/``frame`` use ``id`` as the path. Both files are written
-    under temporary names and renamed when complete.
+class DicomDetectionFileWriter(DetectionFileWriter):
+    """Core's ``detections.csv`` / ``detections.json`` with each image keyed by ``path``,
+    ``sop_instance_uid`` and ``frame`` (batches without them use ``id`` as the path, UID empty,
+    frame 0); never a patient identifier.
 
     Args:
         stem: file name stem of the two files.
     """
 
-    def __init__(self, stem: str = "detections") -> None:
-        super().__init__(write_interval="batch")
-        self.stem = stem
-        self.images: list[dict[str, Any]] = []
+    key_columns = ("path", "sop_instance_uid", "frame")
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The two files list every image of the run: one process must see them all.
-        require_one_process(trainer, f"{self.stem}.csv")
-        self.images = []
-
-    def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
-                           dataloader_idx: int) -> None:
-        height, width = batch["image"].shape[-2:]
-        names, threshold = prediction["class_names"], float(prediction["threshold"])
-        for i, boxes in enumerate(prediction["boxes"]):
-            rows, cols = ([int(v) for v in batch["orig_size"][i]] if "orig_size" in batch
-                          else [int(height), int(width)])
-            scale = torch.tensor([cols / width, rows / height] * 2)
-            detections = [
-                {"box": [round(float(v), 2) for v in box], "label": names[int(label)],
-                 "score": round(float(score), 5), "kept": bool(kept)}
-                for box, label, score, kept in zip((boxes * scale).tolist(), prediction["labels"][i].tolist(),
-                                                   prediction["scores"][i].tolist(),
-                                                   prediction["kept"][i].tolist(), strict=True)]
-            self.images.append({
-                "path": str(batch["path"][i]) if "path" in batch else str(prediction["id"][i]),
+    def image_keys(self, batch: dict[str, Any], prediction: dict[str, Any], i: int) -> dict[str, Any]:
+        return {"path": str(batch["path"][i]) if "path" in batch else str(prediction["id"][i]),
                 "sop_instance_uid": str(batch["sop_instance_uid"][i]) if "sop_instance_uid" in batch else "",
-                "frame": int(batch["frame"][i]) if "frame" in batch else 0,
-                "size": [rows, cols], "threshold": threshold, "detections": detections})
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.images or trainer.log_dir is None:
-            return
-        out = Path(trainer.log_dir)
-        write_atomic(out / f"{self.stem}.csv", self._write_csv)
-        write_atomic(out / f"{self.stem}.json",
-                     lambda tmp: tmp.write_text(json.dumps({"images": self.images}, indent=1)))
-        kept = sum(d["kept"] for image in self.images for d in image["detections"])
-        log.info("wrote detections of %d image(s) (%d kept at the operating threshold) to %s",
-                 len(self.images), kept, out / f"{self.stem}.csv")
-
-    def _write_csv(self, tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for image in self.images:
-                key = [image["path"], image["sop_instance_uid"], image["frame"]]
-                if not image["detections"]:
-                    writer.writerow([*key, "", "", "", "", "", "", "", f"{image['threshold']:.6f}"])
-                for d in image["detections"]:
-                    writer.writerow([*key, *d["box"], d["label"], f"{d['score']:.5f}", int(d["kept"]),
-                                     f"{image['threshold']:.6f}"])
+                "frame": int(batch["frame"][i]) if "frame" in batch else 0}
