@@ -17,8 +17,11 @@ Outputs (each written under a temporary name and renamed when complete):
   threshold and where it came from). ``COCO("detections.json")`` loads it, and its
   ``annotations`` list is also what ``COCO.loadRes`` takes as results.
 - ``detections.csv``: one row per detection the graph returned (score >= ``score_thresh``),
-  ``file`` (+ reader keys), ``x0, y0, x1, y1`` (stored pixels), ``label``, ``score`` and
-  ``reaches_threshold``, so a user can choose another threshold without running again.
+  ``file`` (+ reader keys), ``x0, y0, x1, y1`` (stored pixels), ``label``, ``score``, ``kept``
+  (1 when the score reaches the threshold, else 0) and ``threshold``, so a user can choose
+  another threshold without running again; an image without detections has one row with empty
+  box, label and score, so every input appears. The box columns are those of Lightning's
+  ``predict`` (:class:`core.detection_writer.DetectionFileWriter`).
 
 numpy only (and the bundle's onnxruntime session).
 """
@@ -44,6 +47,8 @@ from core.readers import DETECTIONS_CSV, DETECTIONS_JSON, READERS
 log = logging.getLogger(__name__)
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
+# The columns after the keys, as Lightning's predict writes them (core.detection_writer).
+BOX_COLUMNS = ("x0", "y0", "x1", "y1", "label", "score", "kept", "threshold")
 
 
 def detect(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -119,12 +124,14 @@ def detect_files(bundle: Bundle, files: list[Path], out: Path, override: float |
         boxes = to_stored_pixels(boxes, network_hw, stored_hw)
         images.append({"id": image_id, "file_name": str(path), "width": stored_hw[1],
                        "height": stored_hw[0], **keys})
+        if not len(boxes):
+            rows.append({"file": str(path), **keys, "threshold": cut})  # listed, nothing found
         for box, score, label in zip(boxes, scores, labels, strict=True):
             x0, y0, x1, y1 = (float(v) for v in box)
             kept = bool(score >= cut)
             rows.append({"file": str(path), **keys, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                         "label": names[int(label)], "score": float(score),
-                         "reaches_threshold": kept})
+                         "label": names[int(label)], "score": float(score), "kept": int(kept),
+                         "threshold": cut})
             if kept:
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
@@ -143,7 +150,7 @@ def detect_files(bundle: Bundle, files: list[Path], out: Path, override: float |
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
         "annotations": annotations,
     }
-    fields = ["file", *_key_names(images), "x0", "y0", "x1", "y1", "label", "score", "reaches_threshold"]
+    fields = ["file", *_key_names(images), *BOX_COLUMNS]
 
     def write_csv(path: Path) -> None:
         with path.open("w", newline="") as f:

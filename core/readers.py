@@ -135,7 +135,8 @@ class InputReader(abc.ABC):
                                      "and the detections reaching the score threshold as "
                                      "annotations (bbox [x, y, w, h] in stored-image pixels, score)",
                     DETECTIONS_CSV: "one row per detection above score_thresh: file, x0, y0, x1, "
-                                    "y1 (stored-image pixels), label, score, reaches_threshold"}
+                                    "y1 (stored-image pixels), label, score, kept (reaches the "
+                                    "threshold), threshold; an image without any: one empty row"}
         return {PREDICTIONS_CSV: "one row of probabilities and decision per input",
                 PREDICTIONS_JSON: "the same rows with the threshold and its source"}
 

@@ -203,7 +203,9 @@ def test_retinanet_without_detections_exports_and_predicts_nothing(fcos, tmp_pat
     assert report["annotations"] == [] and len(report["images"]) == 2
     assert report["info"]["threshold_source"].startswith("score_thresh 0.05")
     assert "stores no operating threshold" in result.stderr
-    assert _csv(tmp_path / "out" / "detections.csv") == []
+    rows = _csv(tmp_path / "out" / "detections.csv")  # every input listed, with nothing found
+    assert [Path(r["file"]).name for r in rows] == ["a_wide.png", "b_square.png"]
+    assert all(r["label"] == r["score"] == r["x0"] == r["kept"] == "" for r in rows)
 
 
 def test_mask_rcnn_exports_masks_with_parity(tmp_path):
@@ -251,7 +253,8 @@ def test_predict_without_torch_writes_coco_json_and_csv_in_stored_pixels(fcos, t
                np.array([NAMES.index(r["label"]) for r in mine]))
         box_diff, score_diff, paired = pair_detections((boxes * np.array(scale), scores, labels), got)
         assert paired and box_diff < 1e-3 and score_diff < 1e-4
-        assert all((r["reaches_threshold"] == "True") == (float(r["score"]) >= threshold) for r in mine)
+        assert all((r["kept"] == "1") == (float(r["score"]) >= threshold) for r in mine)
+        assert all(float(r["threshold"]) == pytest.approx(threshold) for r in mine)
         kept = [a for a in report["annotations"] if a["image_id"] == image["id"]]
         assert len(kept) == int(np.sum(scores >= threshold - 1e-6)) or len(kept) == int(np.sum(scores >= threshold + 1e-6))
         for a in kept:
@@ -270,7 +273,8 @@ def test_score_threshold_overrides_and_bad_values_are_refused(fcos, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "all" / "detections.json").read_text())
     assert report["info"]["threshold_source"] == "command line" and report["info"]["score_threshold"] == 0
-    assert len(report["annotations"]) == len(_csv(tmp_path / "all" / "detections.csv"))
+    found = [r for r in _csv(tmp_path / "all" / "detections.csv") if r["label"]]
+    assert len(report["annotations"]) == len(found) and all(r["kept"] == "1" for r in found)
     for bad in ("1.5", "-0.1", "nan"):
         result = run_without_torch(["predict", "--bundle", str(fcos["bundle"]), str(fcos["inputs"]),
                                     "--out", str(tmp_path / "bad"), "--score-threshold", bad], cwd=ROOT)
@@ -391,19 +395,19 @@ def test_dicom_detections_are_keyed_by_path_without_patient_identifiers(dicom):
     assert [i["file_name"] for i in report["images"]] == sorted(dicom["uids"])
     assert all((i["width"], i["height"]) == (64, 48) for i in report["images"])
     rows = _csv(out / "detections.csv")
-    assert rows and {r["file"] for r in rows} <= set(dicom["uids"])
+    assert {r["file"] for r in rows} == set(dicom["uids"])
     text = (out / "detections.csv").read_text() + (out / "detections.json").read_text()
     for value in PATIENT.values():
         assert value not in text
 
 
 @pytest.mark.xfail(strict=True, reason="needs DicomReader.input_keys in domains/medical/plugin.py "
-                                       "(returning the SOPInstanceUID), which this change does not own")
+                                       "(returning sop_instance_uid), which this change does not own")
 def test_dicom_detections_carry_the_sop_instance_uid(dicom):
     report = json.loads((dicom["out"] / "detections.json").read_text())
-    assert {i["file_name"]: i.get("SOPInstanceUID") for i in report["images"]} == dicom["uids"]
+    assert {i["file_name"]: i.get("sop_instance_uid") for i in report["images"]} == dicom["uids"]
     rows = _csv(dicom["out"] / "detections.csv")
-    assert all(r["SOPInstanceUID"] == dicom["uids"][r["file"]] for r in rows)
+    assert all(r["sop_instance_uid"] == dicom["uids"][r["file"]] for r in rows)
 
 
 # ---- older bundles ---------------------------------------------------------------------------
