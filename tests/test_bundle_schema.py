@@ -138,9 +138,9 @@ def test_bundle_verify_reports_what_it_checked(bundle):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda m: m["input"].pop("channels"), r"missing key\(s\) 'input\.channels' \(schema 2\.0, ImageContract"),
-    (lambda m: m["input"].update(tile_size=32), r"unknown key\(s\) 'input\.tile_size' \(schema 2\.0"),
-    (lambda m: m["input"].update(mean=["0.4"]), r"input\.mean\[0\]: expected number.*\(schema 2\.0"),
+    (lambda m: m["input"].pop("channels"), r"missing key\(s\) 'input\.channels' \(schema 2\.1, ImageContract"),
+    (lambda m: m["input"].update(tile_size=32), r"unknown key\(s\) 'input\.tile_size' \(schema 2\.1"),
+    (lambda m: m["input"].update(mean=["0.4"]), r"input\.mean\[0\]: expected number.*\(schema 2\.1"),
     (lambda m: m["input"].update(shape=[None, 1, 64, 64]), r"input\.shape \[None, 1, 64, 64\] does not match"),
 ])
 def test_a_schema_2_0_contract_with_a_bad_key_is_refused_naming_it(edit, message, bundle, tmp_path):
@@ -154,9 +154,9 @@ def test_a_schema_2_0_contract_with_a_bad_key_is_refused_naming_it(edit, message
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ("top_level_key", r"does not match metadata\.schema\.json \(schema 2\.0\): metadata: unknown key\(s\) 'notes'"),
+    ("top_level_key", r"does not match metadata\.schema\.json \(schema 2\.1\): metadata: unknown key\(s\) 'notes'"),
     ("unlisted_file", r"holds notes\.txt, which metadata\.json does not list"),
-    ("weaker_schema", r"metadata\.schema\.json is not the schema 2\.0 that convnext-domains writes"),
+    ("weaker_schema", r"metadata\.schema\.json is not the schema 2\.1 that convnext-domains writes"),
     ("edited_schema", r"metadata\.schema\.json does not match the sha256"),
 ])
 def test_bundle_verify_refuses(change, message, bundle, tmp_path):

@@ -401,8 +401,6 @@ def test_dicom_detections_are_keyed_by_path_without_patient_identifiers(dicom):
         assert value not in text
 
 
-@pytest.mark.xfail(strict=True, reason="needs DicomReader.input_keys in domains/medical/plugin.py "
-                                       "(returning sop_instance_uid), which this change does not own")
 def test_dicom_detections_carry_the_sop_instance_uid(dicom):
     report = json.loads((dicom["out"] / "detections.json").read_text())
     assert {i["file_name"]: i.get("sop_instance_uid") for i in report["images"]} == dicom["uids"]

@@ -35,6 +35,11 @@ class DicomReader(InputReader):
         return read_dicom(path, window=contract.window, frame=contract.prediction_frame,
                           target_spacing=contract.target_spacing).image
 
+    def input_keys(self, path: Path) -> dict[str, str]:
+        from domains.medical.dicom import dicom_meta
+
+        return {"sop_instance_uid": dicom_meta(path).get("SOPInstanceUID") or ""}
+
     def card_input(self, contract: DicomContract, size: str) -> list[str]:
         return [f"- **DICOM**: modality LUT {'on' if contract.modality_lut else 'off'}, "
                 f"window(s) {card_value(contract.window)}, frames {card_value(contract.frames)}, "
