@@ -29,9 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 import perf  # noqa: E402
+import torch  # noqa: E402
 
 GOAL = 2.0
 SKIP = "skipped: torchgeo is not installed (pip install 'convnext-domains[bench]')"

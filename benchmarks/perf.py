@@ -206,7 +206,6 @@ def write_gray_pngs(folder: Path, n: int, size: int = 300, seed: int = 0) -> Pat
 def write_ct_dicoms(folder: Path, n: int, size: int = 512, seed: int = 0) -> Path:
     """CT slices written with plain pydicom (int16 stored values, RescaleSlope 1, RescaleIntercept
     -1024, a file window) and ``manifest.csv`` (path,label,patient_id); no real identifiers."""
-    import pydicom
     from pydicom import uid
     from pydicom.dataset import Dataset, FileMetaDataset
 

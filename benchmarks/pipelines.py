@@ -33,10 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import perf  # noqa: E402
 import torch  # noqa: E402
 from torch.optim import AdamW  # noqa: E402
-
-import perf  # noqa: E402
 
 GOAL = 3.0
 # training_step logs; outside a Trainer Lightning warns and drops the value (nothing to time).
