@@ -67,6 +67,9 @@ def metadata_schema(reader: InputReader) -> dict[str, Any]:
             "score_thresh": _NUMBER, "nms_thresh": _NUMBER, "detections_per_img": _INTEGER,
             "outputs": _DETECTION_OUTPUTS, "box_format": _STRING, "labels": _STRING,
             "images_per_run": {"const": 1},
+            # How a tiled reader merges tile detections across borders: the training
+            # datamodule's settings, or null (the reader's defaults).
+            "tile_merge": _object({"nms_iou": _NUMBER, "edge_margin": _NUMBER}, nullable=True),
         }, nullable=True),
         # The run's test report and data fingerprint: free-form, absent for hand-made checkpoints.
         "metrics": {"type": ["object", "null"]},

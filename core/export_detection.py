@@ -249,9 +249,15 @@ def check_detection_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int]
 
 
 # ---- metadata ----------------------------------------------------------------------------------
-def detection_info(task: nn.Module) -> dict[str, Any]:
-    """The ``detection`` section of metadata.json: the detector and its post-processing."""
+def detection_info(task: nn.Module, data_hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``detection`` section of metadata.json: the detector and its post-processing, and
+    the tile-merge settings (``nms_iou``, ``edge_margin``) of a datamodule that has them (whole
+    scenes are detected tile by tile and merged by the reader, as in training's ``predict``)."""
     h = task.hparams
+    data_hparams = data_hparams or {}
+    merge = ({"nms_iou": float(data_hparams["nms_iou"]), "edge_margin": float(data_hparams["edge_margin"])}
+             if data_hparams.get("nms_iou") is not None and data_hparams.get("edge_margin") is not None
+             else None)
     nms = task.detector.roi_heads.nms_thresh if task.kind in ("faster_rcnn", "mask_rcnn") \
         else task.detector.nms_thresh
     return {
@@ -263,6 +269,7 @@ def detection_info(task: nn.Module) -> dict[str, Any]:
         "box_format": "xyxy in pixels of the network input",
         "labels": "0-based index into class_names",
         "images_per_run": 1,
+        "tile_merge": merge,
     }
 
 

@@ -137,7 +137,8 @@ def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputC
         output = {"name": "detections", "outputs": output_names(task),
                   "shape": "1 image per run -> boxes N,4; scores N; labels N"
                            + ("; masks N,1,H,W" if "masks" in output_names(task) else "")}
-        decision, detection = detection_decision(task), detection_info(task)
+        decision = detection_decision(task)
+        detection = detection_info(task, checkpoint.get("datamodule_hyper_parameters"))
     else:
         output = {"name": "logits", "activation": "sigmoid" if kind == "multilabel" else "softmax",
                   "shape": "N,K,H,W" if kind == "segmentation" else "N,K"}

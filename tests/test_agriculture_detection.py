@@ -400,6 +400,43 @@ def test_detect_scene_writes_one_box_per_object_of_a_scene(tmp_path):
     assert native["crs"]["properties"]["name"].endswith("32633") and len(native["features"]) == 3
 
 
+def test_detect_scene_merges_with_the_settings_the_bundle_stored(tmp_path, monkeypatch):
+    """A bundle's detection.tile_merge (the training datamodule's nms_iou / edge_margin, stored
+    at export) reaches the merge; a bundle without it merges with the defaults."""
+    from core.export_detection import detection_info
+    from domains.agriculture import scene_detection
+
+    class Task:  # what detection_info reads of a task
+        kind = "fcos"
+        hparams = SimpleNamespace(score_thresh=0.05, detections_per_img=100)
+        detector = SimpleNamespace(nms_thresh=0.6)
+
+    monkeypatch.setattr("core.export_detection.output_names", lambda task: ["boxes", "scores", "labels"])
+    stored = detection_info(Task(), {"nms_iou": 0.3, "edge_margin": 4, "tile_size": 32})
+    assert stored["tile_merge"] == {"nms_iou": 0.3, "edge_margin": 4.0}
+    assert detection_info(Task(), {"tile_size": 32})["tile_merge"] is None
+
+    seen = []
+    real = scene_detection.SceneDetections
+
+    def spy(*args, **kwargs):
+        merger = real(*args, **kwargs)
+        seen.append((merger.nms_iou, merger.edge_margin))
+        return merger
+
+    monkeypatch.setattr(scene_detection, "SceneDetections", spy)
+    image = np.full((3, 40, 40), 1000, np.uint16)
+    path = write_raster(tmp_path / "field.tif", image)
+    contract = GEOTIFF_SCENE.contract(in_chans=3, image_size=32, mean=[1000.0] * 3, std=[100.0] * 3,
+                                      class_names=["tree"], bands=["B1", "B2", "B3"], band_selection=None,
+                                      file_band_count=3, bands_named_by_position=True,
+                                      channel_names=["B1", "B2", "B3"], predict_overlap=8)
+    for meta in ({"class_names": ["tree"], "detection": stored}, {"class_names": ["tree"]}):
+        bundle = SimpleNamespace(contract=contract, meta=meta)
+        GEOTIFF_SCENE.detect_scene(bundle, path, tmp_path / "pred", threshold_detector(2, 5.0), 0.5)
+    assert seen == [(0.3, 4.0), (0.5, 2.0)]
+
+
 # ---- the config through the CLI ----------------------------------------------------------------
 def detection_scene_data(tmp_path, monkeypatch) -> list[str]:
     """A 96x96 four-band UTM scene with lon/lat GeoJSON objects, cut into 32-pixel tiles (the

@@ -114,7 +114,8 @@ def test_fcos_bundle_metadata_parity_and_card(fcos):
     assert meta["detection"] == {
         "detector": "fcos", "score_thresh": 0.05, "nms_thresh": 0.6, "detections_per_img": 20,
         "outputs": ["boxes", "scores", "labels"], "box_format": "xyxy in pixels of the network input",
-        "labels": "0-based index into class_names", "images_per_run": 1}
+        "labels": "0-based index into class_names", "images_per_run": 1,
+        "tile_merge": None}  # an image datamodule: no tile merge
     assert meta["decision"]["threshold"] == pytest.approx(fcos["threshold"])
     assert meta["decision"]["target_recall"] == 0.9
     parity = meta["parity"]

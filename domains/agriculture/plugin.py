@@ -112,7 +112,9 @@ class GeoTiffSceneReader(GeoTiffPatchReader):
         stack = spec.open_as_trained(str(path), contract)
         tile = contract.tile_size
         try:
-            scene = SceneDetections(stack.width, stack.height, tile, score_threshold)
+            # The training datamodule's merge settings, stored at export (older bundles: defaults).
+            merge = (bundle.meta.get("detection") or {}).get("tile_merge") or {}
+            scene = SceneDetections(stack.width, stack.height, tile, score_threshold, **merge)
             for window in grid_windows(stack.width, stack.height, tile, contract.predict_overlap):
                 image, valid = spec.read(stack, window)
                 x = np.ascontiguousarray(normalize(image, contract.mean, contract.std).transpose(2, 0, 1))
