@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from core.bundle import Bundle
 from core.errors import DataError
-from core.export_parity import _quiet
+from core.export_parity import lightning_predict
 from core.predict_detection import detect
 
 log = logging.getLogger("core.export")
@@ -136,19 +136,7 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray]
 def lightning_detections(task: nn.Module, images: Tensor) -> list[Detections]:
     """Per image ``(boxes, scores, labels)`` from Lightning's ``predict`` (the task's own
     ``predict_step``), all images in one batch."""
-    from lightning.pytorch import Trainer
-    from torch.utils.data import DataLoader
-
-    batch = {"image": images, "id": [f"parity-{i}" for i in range(len(images))]}
-    # A task's prediction writers would write files; only the returned detections are wanted.
-    task.configure_callbacks = lambda: []
-    try:
-        with _quiet():
-            trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                              enable_model_summary=False, enable_checkpointing=False)
-            outputs = trainer.predict(task, DataLoader([batch], batch_size=None))
-    finally:
-        del task.configure_callbacks
+    outputs = lightning_predict(task, images)
     found: list[Detections] = []
     for out in outputs:
         for boxes, scores, labels in zip(out["boxes"], out["scores"], out["labels"], strict=True):

@@ -38,22 +38,27 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def lightning_probabilities(task: nn.Module, images: Tensor) -> np.ndarray:
-    """Probabilities from Lightning's ``predict`` (the task's own ``predict_step``) for ``images``."""
+def lightning_predict(task: nn.Module, images: Tensor) -> list[Any]:
+    """The outputs of Lightning's ``predict`` (the task's own ``predict_step``) for ``images``,
+    all in one batch, without the task's prediction writers (they would write files into the
+    working directory or need a scene datamodule)."""
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
     batch = {"image": images, "id": [f"parity-{i}" for i in range(len(images))]}
-    # The tasks' prediction writers would write predictions.csv into the working directory or
-    # need a scene datamodule; only the returned probabilities are wanted here.
     task.configure_callbacks = lambda: []
     try:
         with _quiet():
             trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                               enable_model_summary=False, enable_checkpointing=False)
-            outputs = trainer.predict(task, DataLoader([batch], batch_size=None))
+            return trainer.predict(task, DataLoader([batch], batch_size=None))
     finally:
         del task.configure_callbacks
+
+
+def lightning_probabilities(task: nn.Module, images: Tensor) -> np.ndarray:
+    """Probabilities from Lightning's ``predict`` (the task's own ``predict_step``) for ``images``."""
+    outputs = lightning_predict(task, images)
     return torch.cat([o["probs"].float() for o in outputs]).numpy()
 
 

@@ -122,6 +122,23 @@ class _BandsMixin:
         """The band fields of the GeoTIFF readers' contracts."""
         return {**self.spec.contract(self.source.stack), "channel_names": self.channel_names}
 
+    def scene_tiles_loader(self, purpose: str) -> DataLoader:
+        """Overlapping ``tile_size`` tiles over ``predict_image``, with their windows and valid
+        masks, after checking the scene has training's bands; ``purpose`` completes the error
+        when no scene is set ("to predict")."""
+        h = self.hparams
+        if h.predict_image is None:
+            raise DataError(f"set data.init_args.predict_image to the GeoTIFF scene {purpose}")
+        self.ensure_stats()
+        stack = self.spec.open(h.predict_image)
+        train = self.source.stack
+        check_same_bands(stack, train.names, train.file_band_count, str(h.predict_image),
+                         "the training image has")
+        self.predict_stack = stack
+        dataset = SceneWindows(self.spec, stack, h.tile_size, h.predict_overlap,
+                               eval_transform(h.tile_size, self.mean, self.std))
+        return self._loader(dataset, shuffle=False)
+
 
 class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
     """Semantic segmentation of a multispectral scene with a label raster on the same grid.
@@ -281,18 +298,7 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         return self._loader(dataset, shuffle=False, sampler=draws)
 
     def predict_dataloader(self) -> DataLoader:
-        h = self.hparams
-        if h.predict_image is None:
-            raise DataError("set data.init_args.predict_image to the GeoTIFF scene to predict")
-        self.ensure_stats()
-        stack = self.spec.open(h.predict_image)
-        train = self.source.stack
-        check_same_bands(stack, train.names, train.file_band_count, str(h.predict_image),
-                         "the training image has")
-        self.predict_stack = stack
-        dataset = SceneWindows(self.spec, stack, h.tile_size, h.predict_overlap,
-                               eval_transform(h.tile_size, self.mean, self.std))
-        return self._loader(dataset, shuffle=False)
+        return self.scene_tiles_loader("to predict")
 
     def scene_output(self, log_dir: str | None) -> dict[str, Any]:
         """Where and how the predicted scene is written (used by the scene prediction writer)."""

@@ -27,10 +27,9 @@ from core.detection_data import (
     EvalDetectionTransform,
     TrainDetectionTransform,
 )
-from core.transforms import eval_transform
-from domains.agriculture.bands import BandSpec, check_same_bands
+from domains.agriculture.bands import BandSpec
 from domains.agriculture.contract import GeoTiffSceneContract
-from domains.agriculture.datamodules import SceneWindows, _BandsMixin
+from domains.agriculture.datamodules import _BandsMixin
 from domains.agriculture.detection_labels import (
     MaskKind,
     SceneObjects,
@@ -347,18 +346,7 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """Overlapping tiles over ``predict_image`` (with their windows and valid masks)."""
-        h = self.hparams
-        if h.predict_image is None:
-            raise DataError("set data.init_args.predict_image to the GeoTIFF scene to detect objects in")
-        self.ensure_stats()
-        stack = self.spec.open(h.predict_image)
-        train = self.source.stack
-        check_same_bands(stack, train.names, train.file_band_count, str(h.predict_image),
-                         "the training image has")
-        self.predict_stack = stack
-        dataset = SceneWindows(self.spec, stack, h.tile_size, h.predict_overlap,
-                               eval_transform(h.tile_size, self.mean, self.std))
-        return self._loader(dataset, shuffle=False)
+        return self.scene_tiles_loader("to detect objects in")
 
     def scene_detection_output(self, log_dir: str | None) -> dict[str, Any]:
         """Where and how the predicted scene's detections are written (see
