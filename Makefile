@@ -1,16 +1,18 @@
 # Two commands: `make demo` and `make test`. Each creates/refreshes .venv and installs what it needs.
+# `make bench` runs the performance suite and rewrites its section of benchmarks/RESULTS.md.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch/torchvision are pinned by range in pyproject; pip resolves them once per venv.
 STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_DEMO := $(VENV)/.stamp-demo
+STAMP_BENCH := $(VENV)/.stamp-bench
 # `make test-min`: every dependency at its declared floor (tests/constraints-min.txt), except
 # torch/torchvision, which stay at the local pair; its own venv so .venv is left as it is.
 VENV_MIN := .venv-min
 STAMP_MIN := $(VENV_MIN)/.stamp-min
 
-.PHONY: demo test test-min lint clean
+.PHONY: demo test test-min lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,14 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[demo,export]"
 	touch $@
+
+# torchgeo and MONAI (the tools compared against) come only with the bench extra.
+$(STAMP_BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev,export,medical,agriculture,bench]"
+	touch $@
+
+bench: $(STAMP_BENCH)
+	$(BIN)/python benchmarks/run_all.py
 
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q

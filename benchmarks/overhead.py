@@ -7,6 +7,7 @@ per step is measured from the end of warm-up step ``W`` to the end of the last s
 fetching the batch, forward, backward, optimizer and scheduler step, and Lightning's logging.
 
     python benchmarks/overhead.py [--steps 30] [--warmup 5] [--rounds 3] [--batch 32] [--size 128]
+        [--quick] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -26,6 +29,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.classification import ClassificationTask
 from core.recipe import recipe_param_groups, warmup_cosine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import perf  # noqa: E402
+
+GOAL = 1.03
 
 
 class Batches(Dataset):
@@ -83,7 +91,7 @@ def lightning_loop(task: ClassificationTask, loader: DataLoader, steps: int, war
     return (clock.end - clock.start) / (steps - warmup)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="convnext_atto")
     parser.add_argument("--steps", type=int, default=30)
@@ -91,9 +99,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run on tiny inputs")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.rounds, args.batch, args.size = 4, 2, 1, 4, 32
+        args.threads = args.threads or 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
     torch.manual_seed(0)
 
     data = Batches(args.steps * args.batch, args.size)
@@ -126,6 +142,18 @@ def main() -> None:
         med = statistics.median(values)
         print(f"{name:<36}{med * 1000:>16.1f}{min(values) * 1000:>14.1f}{med / base:>8.3f}")
     print("goal: ratio <= 1.03 for the Lightning task")
+    table = perf.Table(f"Training step: Lightning task vs a plain PyTorch loop ({args.backbone}, batch "
+                       f"{args.batch}, {args.size} px, fp32)",
+                       ["loop", "median ms/step", "min ms/step", "ratio to plain", "goal", "met"])
+    for name, values in times.items():
+        ratio = statistics.median(values) / base
+        plain = name == "plain PyTorch loop"
+        table.add(name, f"{statistics.median(values) * 1000:.1f}", f"{min(values) * 1000:.1f}", f"{ratio:.3f}",
+                  "-" if plain else f"<= {GOAL:g}", "-" if plain else perf.meets(ratio, GOAL, higher_is_better=False))
+    table.notes.append(f"{args.steps - args.warmup} timed steps after {args.warmup} untimed, x {args.rounds} "
+                       f"interleaved rounds (median); same weights, batches, AdamW groups and schedule; "
+                       f"{args.threads} threads")
+    perf.emit([table], args.markdown)
 
 
 if __name__ == "__main__":

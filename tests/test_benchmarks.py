@@ -1,0 +1,125 @@
+"""The performance suite (`make bench`): smoke runs on tiny inputs, tables that parse, the
+RESULTS.md section replaced while everything else stays. No timing thresholds: only that the
+figures exist and are positive."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import perf  # noqa: E402
+import pipelines  # noqa: E402
+import run_all  # noqa: E402
+
+ACCURACY = "# Benchmark results\n\n## Accuracy without ImageNet weights (issue 9)\n\n| seed | AUROC |\n|---|---|\n| 0 | 0.237 |\n"
+OLD = f"{run_all.START}\n## Performance suite\n\nstale table from an older run\n{run_all.END}\n"
+RATIO_COLUMNS = ("ratio", "ratio to plain", "ORT / eager", "utilisation (vs matmul)")
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace("%", "").replace("*", "").strip())
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory):
+    """``run_all.py --quick`` over a RESULTS.md with accuracy results and a stale section after them."""
+    results = tmp_path_factory.mktemp("bench") / "RESULTS.md"
+    results.write_text(ACCURACY + "\n" + OLD + "\ntrailing notes kept\n")
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--results", str(results)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results.read_text()
+
+
+def test_quick_suite_keeps_the_rest_and_replaces_the_section(quick_suite):
+    assert quick_suite.startswith(ACCURACY)
+    assert quick_suite.rstrip().endswith("trailing notes kept")
+    assert "stale table" not in quick_suite
+    assert quick_suite.count(run_all.START) == 1 and quick_suite.count(run_all.END) == 1
+    for name in run_all.SUITE:
+        assert f"### `benchmarks/{name}.py --quick`" in quick_suite
+
+
+def test_quick_suite_tables_parse_with_positive_ratios(quick_suite):
+    section = quick_suite.split(run_all.START)[1].split(run_all.END)[0]
+    tables = perf.parse_markdown_tables(section)
+    # overhead, pipelines, torchgeo, MONAI, inference speed + INT8 parity, flops
+    assert len(tables) == 7
+    ratios = []
+    for table in tables:
+        assert table, "a table without rows"
+        for row in table:
+            for column in RATIO_COLUMNS:
+                if column in row and row[column] not in ("-", ""):
+                    ratios.append(_number(row[column]))
+            if "met" in row:
+                assert row["met"] in ("yes", "**no**", "-")
+    assert len(ratios) >= 12 and all(r > 0 for r in ratios)
+    # every table is headed with the date and the machine
+    machine = re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC · .*cores, \d+ GiB RAM, GPU: .*torch .*timm .*"
+                         r"onnxruntime .*torchgeo .*monai .*$", section, flags=re.M)
+    assert len(machine) == len(tables)
+    rows = next(t for t in tables if "pipeline samples/s" in t[0])
+    assert [r["pipeline"] for r in rows] == [label for label, _ in pipelines.DOMAINS.values()]
+    assert all(_number(r["pipeline samples/s"]) > 0 and _number(r["model samples/s"]) > 0 for r in rows)
+    # the like-for-like checks are printed with the tables
+    assert "same windows: True" in section and "max |ours - MONAI| per window" in section
+    parity = next(t for t in tables if "argmax agreement" in t[0])
+    assert {r["variant"] for r in parity} == {"torch eager fp32", "int8 MatMul", "int8 MatMul+Conv"}
+
+
+def test_replace_section_appends_then_replaces():
+    first = run_all.replace_section(ACCURACY, "## Performance\n\nrun 1")
+    assert first.startswith(ACCURACY) and "run 1" in first and first.count(run_all.START) == 1
+    second = run_all.replace_section(first + "after\n", "## Performance\n\nrun 2")
+    assert "run 1" not in second and "run 2" in second and second.endswith("after\n")
+    assert second.startswith(ACCURACY) and second.count(run_all.END) == 1
+
+
+def test_misses_names_rows_below_goal():
+    table = perf.Table("t", ["pipeline", "data", "ratio", "goal", "met"], machine="m")
+    table.add("dicom", "ct", "0.38", ">= 1", perf.meets(0.38, 1.0))
+    table.add("png", "elpv", "4.10", ">= 3", perf.meets(4.1, 3.0))
+    assert run_all.misses(table.markdown()) == ["dicom / ct: ratio 0.38, goal >= 1"]
+    assert perf.meets(1.04, 1.03, higher_is_better=False) == "**no**"
+    assert perf.meets(1.0, 1.03, higher_is_better=False) == "yes"
+
+
+def test_rate_and_interleaving_count_the_work():
+    calls = []
+    rates = perf.interleaved({"a": lambda: (calls.append("a"), 2.0)[1], "b": lambda: (calls.append("b"), 1.0)[1]},
+                             rounds=2, seconds=0.0, warmup=1, log=lambda _: None)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up, then alternating rounds
+    assert len(rates["a"]) == len(rates["b"]) == 2 and all(r > 0 for r in rates["a"] + rates["b"])
+
+
+@pytest.mark.parametrize("script, tool", [("geotiff_vs_torchgeo", "torchgeo"), ("dicom_vs_monai", "monai")])
+def test_comparison_without_the_bench_extra_says_skipped(script, tool, tmp_path):
+    blocker = (
+        "import importlib.abc, runpy, sys\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {tool!r}: raise ImportError(name)\n"
+        "sys.meta_path.insert(0, B())\n"
+        f"sys.argv = ['{script}.py', '--quick', '--markdown', {str(tmp_path / 'out.md')!r}]\n"
+        f"runpy.run_path({str(BENCH / f'{script}.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pip install 'convnext-domains[bench]'" in done.stdout
+    assert "- skipped:" in (tmp_path / "out.md").read_text()
+
+
+def test_compared_tools_stay_out_of_the_package():
+    for folder in ("core", "domains"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            assert not re.search(r"^\s*(import|from)\s+(torchgeo|monai)\b", text, flags=re.M), path
