@@ -1,6 +1,6 @@
 """Magnetic-tile defect detection (../shared/realdata/manufacturing/magnetic_tile_defects).
 
-    python benchmarks/detection.py [--detector fcos] [--backbone convnext_atto] [--epochs 20]
+    python benchmarks/detection.py [--detector faster_rcnn] [--backbone convnext_atto] [--epochs 20]
         [--size 128] [--batch 16] [--seed 0]
 
 Boxes come from the defect masks (one per blob, class = folder); MT_Free tiles are negatives.
@@ -82,7 +82,7 @@ def onnx_rate(bundle_dir: Path, dm: DefectDetectionDataModule) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detector", default="fcos", choices=["fcos", "retinanet", "faster_rcnn"])
+    parser.add_argument("--detector", default="faster_rcnn", choices=["fcos", "retinanet", "faster_rcnn"])
     parser.add_argument("--backbone", default="convnext_atto")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--size", type=int, default=128)
