@@ -47,6 +47,13 @@ REQUIREMENTS = "requirements.txt"
 PREDICTOR = "predictor"
 
 
+def execution_providers(available: list[str]) -> list[str]:
+    """ONNX Runtime providers for a bundle: CUDA first where the installed onnxruntime has it
+    (``onnxruntime-gpu`` on a machine with a GPU), the CPU always as the fallback."""
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] \
+        or ["CPUExecutionProvider"]
+
+
 class BundleError(DataError):
     """A bundle that is missing, tampered with or of an unknown schema."""
 
@@ -127,7 +134,7 @@ class Bundle:
             # size (the detection count) differs from the traced one, which is by design.
             options.log_severity_level = 3
             self._session = ort.InferenceSession(str(self.path / MODEL), options,
-                                                 providers=["CPUExecutionProvider"])
+                                                 providers=execution_providers(ort.get_available_providers()))
         return self._session
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

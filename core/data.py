@@ -642,6 +642,8 @@ class ConvNeXtDataModule(LightningDataModule, abc.ABC):
             sampler = eval_sampler(dataset)
         return DataLoader(dataset, batch_size=h.batch_size, shuffle=shuffle, sampler=sampler, drop_last=False,
                           num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+                          # Page-locked batches copy to a GPU asynchronously; without CUDA, no use.
+                          pin_memory=torch.cuda.is_available(),
                           worker_init_fn=seed_worker_transform,
                           collate_fn=partial(collate_samples, ragged_keys=self.ragged_keys))
 

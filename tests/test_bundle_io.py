@@ -123,3 +123,12 @@ def test_seal_covers_subfolders_and_refuses_paths_leaving_the_bundle(tmp_path):
         (folder / "metadata.json").write_text(json.dumps(bad))
         with pytest.raises(BundleError, match="not a file of the bundle folder"):
             load_bundle(folder)
+
+
+def test_bundles_run_on_cuda_where_onnxruntime_has_it_and_on_the_cpu_otherwise():
+    from core.bundle import execution_providers
+
+    assert execution_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert execution_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) \
+        == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers([]) == ["CPUExecutionProvider"]

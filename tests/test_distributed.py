@@ -220,3 +220,4 @@ def test_scene_prediction_refuses_several_processes(writer):
 
     with pytest.raises(DataError, match="scene's .* is written by one process"):
         getattr(prediction, writer)().on_predict_start(Trainer(), None)
+
