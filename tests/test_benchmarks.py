@@ -4,6 +4,7 @@ figures exist and are positive."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -54,8 +55,13 @@ def test_quick_suite_tables_parse_with_positive_ratios(quick_suite):
     # overhead, pipelines, torchgeo, MONAI, inference speed + INT8 parity, flops
     assert len(tables) == 7
     ratios = []
+    # Without the bench extra (make test installs dev only) the torchgeo/MONAI comparisons print
+    # their header and a skipped line instead of rows.
+    missing = [tool for tool in ("torchgeo", "monai") if importlib.util.find_spec(tool) is None]
+    assert sum(not table for table in tables) == len(missing)
+    for tool in missing:
+        assert f"skipped: {'MONAI' if tool == 'monai' else tool} is not installed" in section
     for table in tables:
-        assert table, "a table without rows"
         for row in table:
             for column in RATIO_COLUMNS:
                 if column in row and row[column] not in ("-", ""):
@@ -67,12 +73,13 @@ def test_quick_suite_tables_parse_with_positive_ratios(quick_suite):
     machine = re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC · .*cores, \d+ GiB RAM, GPU: .*torch .*timm .*"
                          r"onnxruntime .*torchgeo .*monai .*$", section, flags=re.M)
     assert len(machine) == len(tables)
-    rows = next(t for t in tables if "pipeline samples/s" in t[0])
+    rows = next(t for t in tables if t and "pipeline samples/s" in t[0])
     assert [r["pipeline"] for r in rows] == [label for label, _ in pipelines.DOMAINS.values()]
     assert all(_number(r["pipeline samples/s"]) > 0 and _number(r["model samples/s"]) > 0 for r in rows)
     # the like-for-like checks are printed with the tables
-    assert "same windows: True" in section and "max |ours - MONAI| per window" in section
-    parity = next(t for t in tables if "argmax agreement" in t[0])
+    if "monai" not in missing:
+        assert "same windows: True" in section and "max |ours - MONAI| per window" in section
+    parity = next(t for t in tables if t and "argmax agreement" in t[0])
     assert {r["variant"] for r in parity} == {"torch eager fp32", "int8 MatMul", "int8 MatMul+Conv"}
 
 
