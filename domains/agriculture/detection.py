@@ -157,7 +157,8 @@ class SceneDetectionSource(SampleSource):
 
 
 class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
-    """Object detection on a multispectral GeoTIFF scene, with objects from a GeoJSON or a mask.
+    """Object detection on a multispectral GeoTIFF scene, with objects from a vector file
+    (GeoJSON, Shapefile, GeoPackage) or a mask raster.
 
     The scene is cut into square spatial blocks of ``block_size`` pixels; whole blocks go to
     train, val or test (stratified by the rarest object class in each block, seeded), and
@@ -170,14 +171,17 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
 
     Args:
         image: one multiband GeoTIFF, or a list of files (one per band).
-        objects: GeoJSON of the objects (polygons, or points with ``point_buffer``), in WGS84
-            lon/lat (RFC 7946) or the CRS of its legacy ``crs`` member; reprojected to the
-            scene's CRS. Shapefiles: convert with ``ogr2ogr -f GeoJSON``.
+        objects: vector file of the objects (polygons, or points with ``point_buffer``):
+            GeoJSON in WGS84 lon/lat (RFC 7946) or the CRS of its legacy ``crs`` member, or a
+            Shapefile (``.shp``, or a ``.zip`` of one), GeoPackage or other GDAL vector format
+            in its layer's CRS; reprojected to the scene's CRS.
+        objects_layer: the layer of ``objects`` holding the objects, when the file has several
+            (GeoPackage).
         objects_mask: instead of ``objects``, a mask raster on the scene's grid (or an
             ungeoreferenced mask of the scene's size, used pixel for pixel with a note).
-        label_property: GeoJSON feature property holding the class.
-        class_labels: object classes in class-index order; GeoJSON objects of another class are
-            bad annotations. Default: the sorted classes found (GeoJSON), ``class_<code>`` per
+        label_property: feature property (attribute field) holding the class.
+        class_labels: object classes in class-index order; vector objects of another class are
+            bad annotations. Default: the sorted classes found (vector file), ``class_<code>`` per
             ``class_values`` or ``object`` (masks).
         class_values: ``objects_mask`` with ``mask_kind: class``: the mask codes of the classes,
             in class order; default: one class, every non-zero code.
@@ -227,6 +231,7 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
         self,
         image: str | list[str] | None = None,
         objects: str | None = None,
+        objects_layer: str | None = None,
         objects_mask: str | None = None,
         label_property: str = "class",
         class_labels: list[str] | None = None,
@@ -263,13 +268,16 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
         self.hparams.image_size = tile_size
         if image is None or (objects is None) == (objects_mask is None):
             raise DataError("set data.init_args.image (GeoTIFF or list of band files) and exactly one of "
-                            "objects (GeoJSON of the objects) or objects_mask (mask raster on the "
+                            "objects (vector file of the objects) or objects_mask (mask raster on the "
                             "scene's grid)")
         if objects is not None and class_values is not None:
-            raise DataError("class_values are the codes of an objects_mask; GeoJSON objects take their "
+            raise DataError("class_values are the codes of an objects_mask; vector objects take their "
                             "class from label_property: remove class_values (class_labels orders the classes)")
+        if objects_mask is not None and objects_layer is not None:
+            raise DataError("objects_layer names a layer of the objects vector file; remove it for "
+                            "objects_mask")
         if objects_mask is not None and point_buffer is not None:
-            raise DataError("point_buffer applies to GeoJSON points (objects); remove it for objects_mask")
+            raise DataError("point_buffer applies to points of the vector file (objects); remove it for objects_mask")
         if on_bad_annotation not in ("error", "skip"):
             raise DataError(f"on_bad_annotation is '{on_bad_annotation}'; use error or skip")
         if block_size < tile_size:
@@ -292,7 +300,7 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
         if h.objects is not None:
             policy = BadAnnotationPolicy(h.on_bad_annotation, self.skipped)
             found = read_geojson_objects(h.objects, stack, h.label_property, h.class_labels,
-                                         h.point_buffer, policy)
+                                         h.point_buffer, policy, h.objects_layer)
         else:
             found = read_mask_objects(h.objects_mask, stack, h.mask_kind, h.class_values, h.class_labels,
                                       h.min_mask_area, h.reproject_labels)

@@ -22,9 +22,9 @@ class is bad, the tiles it touches are left out too, so the object never trains 
 left out and counted in :attr:`SceneObjects.notes` (a label file covering a larger area is
 normal); objects reaching past the scene's edge are clipped to it.
 
-Shapefiles are not read: no vector reader (fiona, pyogrio, GDAL's Python bindings) is a
-dependency; convert them with ``ogr2ogr -f GeoJSON objects.geojson objects.shp`` (QGIS: Export
-> Save Features As > GeoJSON).
+Other vector formats (Shapefile, zipped Shapefile, GeoPackage, FlatGeobuf, ...) are read with
+fiona by :mod:`domains.agriculture.vector_files` into the same feature dicts, with the layer's
+own CRS, and go through the same checks.
 """
 
 from __future__ import annotations
@@ -46,13 +46,12 @@ from core.annotations import BadAnnotationPolicy, unknown_class
 from core.errors import DataError
 from core.instance_masks import mask_components
 from domains.agriculture.raster import LabelRaster, RasterStack, read_window
+from domains.agriculture.vector_files import GEOJSON_SUFFIXES, read_vector_features
 
 log = logging.getLogger(__name__)
 
 MaskKind = Literal["class", "instance"]
 WGS84 = "EPSG:4326"
-SHAPEFILE_HINT = ("convert it to GeoJSON first: ogr2ogr -f GeoJSON objects.geojson objects.shp "
-                  "(QGIS: right-click the layer > Export > Save Features As > GeoJSON)")
 
 
 @dataclass
@@ -185,12 +184,13 @@ def geometry_vertices(geometry: Any) -> tuple[np.ndarray, bool]:
     return np.concatenate(rings), False
 
 
-def geojson_features(path: str | Path) -> tuple[list[dict[str, Any]], CRS]:
-    """The features of a GeoJSON file (a FeatureCollection, one Feature, or a bare geometry) and
-    the CRS of their coordinates."""
+def geojson_features(path: str | Path, layer: str | None = None) -> tuple[list[dict[str, Any]], CRS]:
+    """The features of a GeoJSON file (a FeatureCollection, one Feature, or a bare geometry), or
+    of ``layer`` of another vector file (see :mod:`domains.agriculture.vector_files`), and the
+    CRS of their coordinates."""
     path = Path(path).expanduser()
-    if path.suffix.lower() in (".shp", ".shx", ".dbf", ".gpkg", ".kml"):
-        raise DataError(f"labels '{path}' are a {path.suffix} file, which is not read here; {SHAPEFILE_HINT}")
+    if path.suffix.lower() not in GEOJSON_SUFFIXES:
+        return read_vector_features(path, layer)
     if not path.is_file():
         raise DataError(f"labels '{path}' do not exist; fix data.init_args.objects")
     try:
@@ -232,22 +232,24 @@ def _to_pixels(xy: np.ndarray, inverse) -> np.ndarray:
 
 def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: str = "class",
                          class_order: Sequence[str] | None = None, point_buffer: float | None = None,
-                         policy: BadAnnotationPolicy | None = None) -> SceneObjects:
-    """Objects of a GeoJSON as pixel boxes of ``stack``'s scene (see the module docstring).
+                         policy: BadAnnotationPolicy | None = None, layer: str | None = None
+                         ) -> SceneObjects:
+    """Objects of a vector file as pixel boxes of ``stack``'s scene (see the module docstring).
 
     Args:
-        path: the GeoJSON file.
+        path: the GeoJSON, Shapefile, GeoPackage or other vector file.
         stack: the scene (its CRS, transform and size).
         label_property: the feature property holding the class.
         class_order: the classes in index order; another class is a bad annotation. Default:
             the sorted class names found.
         point_buffer: radius of Point objects in the scene CRS's units; None: points are bad.
         policy: ``on_bad_annotation``; default ``error``.
+        layer: the layer of a multi-layer file (GeoPackage); None: its only layer.
     """
     from rasterio.warp import transform as warp
 
     policy = policy or BadAnnotationPolicy("error", [])
-    features, crs = geojson_features(path)
+    features, crs = geojson_features(path, layer)
     if stack.crs is None:
         raise DataError(f"scene '{stack.paths[0]}' has no CRS, so the map coordinates of '{path}' cannot "
                         "be placed on it; assign the scene's CRS (gdal_edit.py -a_srs EPSG:...) or "
@@ -265,14 +267,14 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
                 raise ValueError("is a point; set point_buffer (the object's radius in the scene CRS's "
                                  "units) to turn points into boxes, or draw the objects as polygons")
         except ValueError as err:
-            policy(str(path), f"GeoJSON '{path}' {row} {err}")
+            policy(str(path), f"labels '{path}' {row} {err}")
             continue
         try:
             name = _class_of(feature, label_property)
             if class_order is not None and name not in class_order:
                 raise ValueError(unknown_class(name, class_order).replace("class_order", "class_labels"))
         except ValueError as err:
-            policy(str(path), f"GeoJSON '{path}' {row} {err}")
+            policy(str(path), f"labels '{path}' {row} {err}")
             # Skipped, but its place is known: tiles over it are left out rather than trained
             # with the object as background.
             raw.append((row, xy, points, None))
@@ -280,7 +282,7 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
         raw.append((row, xy, points, name))
     names = list(class_order) if class_order is not None else sorted({r[3] for r in raw if r[3] is not None})
     if not any(r[3] is not None for r in raw):
-        raise DataError(f"GeoJSON '{path}' has no usable object (of {len(features)} feature(s)); see "
+        raise DataError(f"labels '{path}' hold no usable object (of {len(features)} feature(s)); see "
                         "the skipped features above")
     counts = np.cumsum([0] + [len(r[1]) for r in raw])
     xy = np.concatenate([r[1] for r in raw])
@@ -296,7 +298,7 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
     for j, (row, _, points, name) in enumerate(raw):
         p = pixels[counts[j]:counts[j + 1]]
         if not np.isfinite(p).all():
-            policy(str(path), f"GeoJSON '{path}' {row} could not be reprojected from {crs} to the scene's "
+            policy(str(path), f"labels '{path}' {row} could not be reprojected from {crs} to the scene's "
                               f"{stack.crs} (outside the projection's area?)")
             continue
         lo, hi = p.min(axis=0), p.max(axis=0)
