@@ -26,6 +26,7 @@ from domains.medical import dicom as dicom_module  # noqa: E402
 from domains.medical.dicom import (  # noqa: E402
     PATIENT_IDENTIFIER_TAGS,
     WINDOW_PRESETS,
+    _linear_window,
     count_frames,
     dicom_meta,
     parse_windows,
@@ -78,6 +79,30 @@ def test_window_follows_pydicom_linear_formula(tmp_path):
     # The soft-tissue preset is that same window.
     np.testing.assert_array_equal(read_dicom(path, window="soft_tissue").image[0, :, 0],
                                   out.astype(np.float32))
+
+
+def test_float32_window_equals_pydicoms_float64_formula(tmp_path):
+    """The one-pass float32 window agrees with pydicom's apply_windowing for LINEAR (widths
+    down to the step of width 1) and LINEAR_EXACT, boundaries included."""
+    from pydicom.pixels import apply_windowing
+
+    hu = np.concatenate([np.arange(-1024, 3072, 0.5), [39.5, 40.0, 40.5, -160.0, 240.0]])
+    voi = Dataset()
+    voi.PhotometricInterpretation, voi.BitsStored, voi.PixelRepresentation = "MONOCHROME2", 1, 0
+    for function, center, width in [("LINEAR", 40, 400), ("LINEAR", -600, 1500), ("LINEAR", 40, 1),
+                                    ("LINEAR", 40.25, 2), ("LINEAR_EXACT", 40, 400),
+                                    ("LINEAR_EXACT", 40, 0.5)]:
+        voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = center, width, function
+        want = apply_windowing(hu.copy(), voi)
+        got = _linear_window(hu, center, width, function, "x.dcm")
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"{function} {center}/{width}")
+    with pytest.raises(DataError, match="x.dcm.*width must be >= 1"):
+        _linear_window(hu, 40, 0.5, "LINEAR", "x.dcm")
+    path = hu_file(tmp_path, [-500, 0, 40, 80, 500], WindowCenter=40, WindowWidth=80,
+                   VOILUTFunction="LINEAR_EXACT")
+    np.testing.assert_allclose(read_dicom(path, window="file").image[0, :, 0],
+                               [0, 0, 0.5, 1, 1], atol=1e-6)
 
 
 def test_presets_table_and_multi_window_stacking(tmp_path):
