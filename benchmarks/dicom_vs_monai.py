@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 import perf  # noqa: E402
 
 GOAL = 1.0
-SKIP = "skipped: MONAI is not installed (pip install 'convnext-domains[bench]')"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,13 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     perf.apply_common(args)
     table = perf.Table("DICOM decode + 3 windows: ours vs MONAI LoadImage(PydicomReader) + ScaleIntensityRange",
                        ["files", "windows", "ours files/s", "MONAI files/s", "ratio", "goal", "met"])
-    try:
-        from monai.transforms import LoadImage, ScaleIntensityRange
-    except ImportError:
-        table.notes.append(SKIP)
-        print(SKIP)
-        perf.emit([table], args.markdown)
+    if perf.tool_missing(table, "monai.transforms", "MONAI", args.markdown):
         return
+    from monai.transforms import LoadImage, ScaleIntensityRange
+
     from domains.medical.dicom import WINDOW_PRESETS, read_dicom
 
     names = perf.load_config("configs/medical/classification.yaml")["data"]["init_args"]["window"]

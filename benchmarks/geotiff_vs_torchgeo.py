@@ -33,7 +33,6 @@ import perf  # noqa: E402
 import torch  # noqa: E402
 
 GOAL = 2.0
-SKIP = "skipped: torchgeo is not installed (pip install 'convnext-domains[bench]')"
 
 
 def aligned(size: int, tile: int, stride: int) -> int:
@@ -130,12 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     table = perf.Table("GeoTIFF grid tiles: ours vs torchgeo RasterDataset + GridGeoSampler",
                        ["raster", "tile / stride", "tiles", "ours tiles/s", "torchgeo tiles/s", "ratio",
                         "goal", "met"])
-    try:
-        import torchgeo  # noqa: F401
-    except ImportError:
-        table.notes.append(SKIP)
-        print(SKIP)
-        perf.emit([table], args.markdown)
+    if perf.tool_missing(table, "torchgeo", "torchgeo", args.markdown):
         return
     with tempfile.TemporaryDirectory() as tmp:
         rasters = []

@@ -149,6 +149,20 @@ def emit(tables: Sequence[Table], markdown: str | None) -> None:
         write_atomic(Path(markdown), lambda tmp: tmp.write_text(text))
 
 
+def tool_missing(table: Table, module: str, name: str, markdown: str | None) -> bool:
+    """True (after noting and emitting the skip) when ``module``, a tool compared against that
+    only the ``bench`` extra installs, cannot be imported."""
+    try:
+        importlib.import_module(module)
+        return False
+    except ImportError:
+        note = f"skipped: {name} is not installed (pip install 'convnext-domains[bench]')"
+        table.notes.append(note)
+        print(note)
+        emit([table], markdown)
+        return True
+
+
 def common_args(parser: argparse.ArgumentParser, seconds: float = 8.0, rounds: int = 3) -> None:
     parser.add_argument("--seconds", type=float, default=seconds,
                         help="time cap of one measurement (one side, one round)")
