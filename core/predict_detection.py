@@ -2,10 +2,12 @@
 
 The bundle's ``model.onnx`` takes one normalised image ``(1, C, H, W)`` at the export size and
 returns ``boxes`` (xyxy, network-input pixels), ``scores`` and ``labels`` (0-based) of the
-detections above the detector's ``score_thresh`` (see :mod:`core.export_detection`). Here each
+detections above the detector's ``score_thresh``, and for mask_rcnn ``masks`` (probabilities at
+the network-input size; see :mod:`core.export_detection`). Here each
 input is read by the bundle's reader, preprocessed by :func:`core.preprocess.to_network_input`
 (as training evaluated), run, and its boxes scaled back to the pixels of the image as the
-reader returns it (the stored image: ``x * stored width / network width``, likewise y).
+reader returns it (the stored image: ``x * stored width / network width``, likewise y); masks
+are resized to that same stored grid.
 
 Outputs (each written under a temporary name and renamed when complete):
 
@@ -15,13 +17,21 @@ Outputs (each written under a temporary name and renamed when complete):
   COCO counts from 1), ``annotations`` ``[{id, image_id, category_id, bbox [x, y, w, h],
   area, score, iscrowd}]`` with the detections that reach the threshold, and ``info`` (the
   threshold and where it came from). ``COCO("detections.json")`` loads it, and its
-  ``annotations`` list is also what ``COCO.loadRes`` takes as results.
+  ``annotations`` list is also what ``COCO.loadRes`` takes as results (boxes-only detectors).
+  For ``mask_rcnn`` each annotation also carries ``segmentation``: the instance mask in the
+  stored image's pixels (the graph's mask probabilities resized from the network size to the
+  stored size, then > :data:`core.coco_rle.MASK_THRESHOLD`) as an uncompressed COCO RLE
+  ``{"size": [h, w], "counts": [...]}`` (:mod:`core.coco_rle`), and ``area`` is its pixel
+  count instead of the box's. ``COCO()`` and ``COCOeval`` read it as it is; ``COCO.loadRes``
+  wants compressed RLE: convert each with ``pycocotools.mask.frPyObjects(seg, h, w)`` first.
+  Boxes-only detectors write no ``segmentation``.
 - ``detections.csv``: one row per detection the graph returned (score >= ``score_thresh``),
   ``file`` (+ reader keys), ``x0, y0, x1, y1`` (stored pixels), ``label``, ``score``, ``kept``
   (1 when the score reaches the threshold, else 0) and ``threshold``, so a user can choose
   another threshold without running again; an image without detections has one row with empty
   box, label and score, so every input appears. The box columns are those of Lightning's
-  ``predict`` (:class:`core.detection_writer.DetectionFileWriter`).
+  ``predict`` (:class:`core.detection_writer.DetectionFileWriter`). The CSV holds boxes only,
+  never masks (they are in ``detections.json``).
 
 numpy only (and the bundle's onnxruntime session).
 """
@@ -40,6 +50,7 @@ import numpy as np
 
 from core.atomic import write_atomic
 from core.bundle import Bundle
+from core.coco_rle import MASK_THRESHOLD, segmentation
 from core.errors import DataError
 from core.preprocess import image_hw, to_network_input
 from core.readers import DETECTIONS_CSV, DETECTIONS_JSON, READERS
@@ -114,29 +125,34 @@ def detect_files(bundle: Bundle, files: list[Path], out: Path, override: float |
     names = list(meta["class_names"])
     cut, source = score_threshold(bundle, override)
     network_hw = image_hw(contract.size)
+    masks_out = "masks" in meta["detection"].get("outputs", ())
     images, annotations, rows = [], [], []
     for image_id, path in enumerate(files, start=1):
         image = read(path)
         stored_hw = (int(image.shape[0]), int(image.shape[1]))
         keys = reader.input_keys(path)
-        boxes, scores, labels = detect(bundle, to_network_input(image, contract.size, contract.mean,
-                                                                contract.std))[:3]
+        boxes, scores, labels, *rest = detect(bundle, to_network_input(image, contract.size,
+                                                                       contract.mean, contract.std))
+        masks = rest[0] if rest else None  # mask_rcnn: (N, 1, H, W) probabilities, network size
         boxes = to_stored_pixels(boxes, network_hw, stored_hw)
         images.append({"id": image_id, "file_name": str(path), "width": stored_hw[1],
                        "height": stored_hw[0], **keys})
         if not len(boxes):
             rows.append({"file": str(path), **keys, "threshold": cut})  # listed, nothing found
-        for box, score, label in zip(boxes, scores, labels, strict=True):
+        for i, (box, score, label) in enumerate(zip(boxes, scores, labels, strict=True)):
             x0, y0, x1, y1 = (float(v) for v in box)
             kept = bool(score >= cut)
             rows.append({"file": str(path), **keys, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                          "label": names[int(label)], "score": float(score), "kept": int(kept),
                          "threshold": cut})
             if kept:
-                annotations.append({
+                annotation = {
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                    "score": float(score), "iscrowd": 0})
+                    "score": float(score), "iscrowd": 0}
+                if masks is not None:
+                    annotation["segmentation"], annotation["area"] = segmentation(masks[i], stored_hw)
+                annotations.append(annotation)
     report = {
         "info": {
             "description": "detections of a convnext-domains bundle",
@@ -145,6 +161,9 @@ def detect_files(bundle: Bundle, files: list[Path], out: Path, override: float |
             "coordinates": "pixels of each stored image (as read by the bundle's reader); bbox "
                            "is [x, y, width, height] from the top-left corner",
             "category_ids": "class index + 1",
+            **({"segmentation": f"uncompressed COCO RLE in pixels of each stored image: the mask "
+                                f"probabilities resized to the stored size, > {MASK_THRESHOLD:g}; "
+                                "area is the mask's pixel count"} if masks_out else {}),
         },
         "images": images,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
