@@ -229,3 +229,31 @@ def test_missing_operating_point_is_said_not_silent(tmp_path, caplog):
         results = trainer(tmp_path).test(task, DataLoader(test, batch_size=3))[0]
     assert "no operating point was chosen on validation" in caplog.text
     assert results["test/op_threshold"] == pytest.approx(0.5)
+
+
+def test_channels_last_policy_converts_weights_and_activations_and_trains_the_same(tmp_path, monkeypatch):
+    """On CUDA the task runs NHWC (channels_last). Forced on for CPU here: the weights and the
+    stem convolution's outputs are channels_last, and the trained weights equal an NCHW run's."""
+    import core.task as task_module
+
+    assert task_module.channels_last_on(torch.device("cuda")) is True
+    assert task_module.channels_last_on(torch.device("cpu")) is False
+    data = separable_data(n=16, chans=3)  # with one channel both layouts are the same strides
+
+    def fit(layout_on: bool):
+        monkeypatch.setattr(task_module, "channels_last_on", lambda device: layout_on)
+        torch.manual_seed(0)
+        task = ClassificationTask(**TINY, in_chans=3, num_classes=2, warmup_epochs=0, drop_path_rate=0.0)
+        seen = []
+        task.backbone.model.stem[0].register_forward_hook(lambda m, i, out: seen.append(out))
+        trainer(tmp_path, max_epochs=1).fit(task, DataLoader(data, batch_size=8))
+        return task, seen
+
+    nhwc, seen = fit(True)
+    assert nhwc.backbone.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(seen) == 2 and all(x.is_contiguous(memory_format=torch.channels_last)
+                                  and not x.is_contiguous() for x in seen)
+    nchw, seen = fit(False)
+    assert nchw.backbone.model.stem[0].weight.is_contiguous() and seen[0].is_contiguous()
+    for (name, a), b in zip(nhwc.state_dict().items(), nchw.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
