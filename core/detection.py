@@ -34,7 +34,7 @@ from core.detection_metrics import (
     threshold_for_object_recall,
 )
 from core.detection_report import SampleImage, write_detection_report
-from core.detection_writer import DetectionFileWriter
+from core.detection_writer import DetectionFileWriter, mask_outputs
 from core.detectors import (
     DEFAULT_FOCAL,
     DEFAULT_NMS,
@@ -518,8 +518,9 @@ class DetectionTask(ConvNeXtTask):
         return DetectionFileWriter()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Per image (in the order of ``id``): all detections above ``score_thresh`` and
-        ``kept``, whether each reaches the operating threshold."""
+        """Per image (in the order of ``id``): all detections above ``score_thresh``,
+        ``kept``, whether each reaches the operating threshold, and for mask_rcnn the instance
+        ``masks`` (probabilities at the network-input size) the writer encodes as COCO RLE."""
         preds = self(batch["image"])
         threshold = self.operating_threshold()
         return {
@@ -530,6 +531,7 @@ class DetectionTask(ConvNeXtTask):
             "kept": [(p["scores"] >= threshold).cpu() for p in preds],
             "threshold": threshold,
             "class_names": self.class_names,
+            **mask_outputs(preds),
         }
 
 

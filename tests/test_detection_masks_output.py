@@ -197,14 +197,6 @@ def test_boxes_only_bundles_write_no_segmentation(tmp_path):
 
 
 # ---- Lightning predict ------------------------------------------------------------------------
-class _MaskPredict(DetectionTask):
-    """The task's predict_step plus :func:`mask_outputs` (the masks its writer encodes)."""
-
-    def predict_step(self, batch, batch_idx):
-        out = super().predict_step(batch, batch_idx)
-        return {**out, **mask_outputs(self(batch["image"]))} if "masks" not in out else out
-
-
 def _lightning_predict(task: DetectionTask, batch: dict, root: Path) -> list[dict]:
     trainer = Trainer(accelerator="cpu", logger=True, enable_progress_bar=False,
                       enable_checkpointing=False, default_root_dir=root)
@@ -221,7 +213,7 @@ def _batch(folder: Path) -> dict:
 
 
 def test_lightning_predict_writes_segmentations_in_stored_pixels(mask_rcnn, tmp_path):
-    task = _MaskPredict(**mask_rcnn["task"].hparams)
+    task = DetectionTask(**mask_rcnn["task"].hparams)
     task.load_state_dict(mask_rcnn["task"].state_dict())
     task.eval()
     batch = _batch(tmp_path)
