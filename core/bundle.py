@@ -8,7 +8,9 @@ detectors one image -> boxes, scores, labels, see :mod:`core.export_detection`),
 modules). ``metadata.json`` lists the sha256 of every other file, in subfolders too, and carries
 a digest of itself, so a changed file, a tampered predictor or a hand-edited threshold is
 noticed before anything runs. Its ``input`` is the typed contract of the bundle's reader
-(:mod:`core.contracts`), checked on every load.
+(:mod:`core.contracts`), checked on every load. ``model.onnx`` may be an INT8 dynamically
+quantised graph (``export --quantize int8``, schema 2.2); its ``quantization`` key says so and
+loading needs no change, as ONNX Runtime runs either. Plain bundles stay schema 2.1.
 """
 
 from __future__ import annotations
@@ -25,9 +27,18 @@ from core.contracts import ContractError, InputContract, schema_major
 from core.errors import DataError
 from core.readers import read_contract
 
+# A bundle states the lowest version that describes it, so readers of that version can check
+# it: plain bundles are 2.1, INT8 ones (the only ones with a 2.2 feature) are 2.2.
 SCHEMA_VERSION = "2.1"
+QUANTIZED_SCHEMA_VERSION = "2.2"
+#: The versions this code writes (their JSON Schema must be exactly the one it writes).
+WRITTEN_VERSIONS = (SCHEMA_VERSION, QUANTIZED_SCHEMA_VERSION)
 # What each schema version changed; the JSON Schema file of a bundle repeats it.
 SCHEMA_CHANGELOG: dict[str, str] = {
+    "2.2": "model.onnx is INT8 dynamically quantised (export --quantize int8); the quantization "
+           "key holds the quantisation (mode, operators, nodes) and its measured probability "
+           "difference and top-1 agreement against PyTorch and speed against fp32. Bundles "
+           "without it stay 2.1",
     "2.1": "task detection: model.onnx takes one image and outputs boxes, scores, labels; the "
            "detection key (null for other tasks) holds the detector and its post-processing; "
            "output, decision and parity have a detection form",
@@ -45,6 +56,15 @@ MODEL = "model.onnx"
 LAUNCHER = "predict.py"
 REQUIREMENTS = "requirements.txt"
 PREDICTOR = "predictor"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def changelog(version: str) -> dict[str, str]:
+    """The :data:`SCHEMA_CHANGELOG` entries up to and including ``version``, newest first."""
+    return {v: text for v, text in SCHEMA_CHANGELOG.items() if _version_key(v) <= _version_key(version)}
 
 
 def execution_providers(available: list[str]) -> list[str]:

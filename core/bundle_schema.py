@@ -2,7 +2,8 @@
 ``metadata.schema.json`` and checked by ``convnext-domains bundle verify``.
 
 The ``input`` part is the JSON Schema of the bundle reader's contract class, so a reader from
-any package describes its own keys; the rest is the same for every bundle.
+any package describes its own keys; the rest is the same for every bundle of a version. This
+code writes two: 2.1 (plain bundles) and 2.2 (INT8 bundles: 2.1 plus the ``quantization`` key).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.bundle import SCHEMA_CHANGELOG, SCHEMA_FILE, SCHEMA_VERSION
+from core.bundle import QUANTIZED_SCHEMA_VERSION, SCHEMA_FILE, SCHEMA_VERSION, WRITTEN_VERSIONS, changelog
 from core.json_schema import DIALECT
 from core.readers import InputReader
 
@@ -31,13 +32,30 @@ def _object(properties: dict[str, Any], nullable: bool = False) -> dict[str, Any
             "required": list(properties), "additionalProperties": False}
 
 
-def metadata_schema(reader: InputReader) -> dict[str, Any]:
-    """The JSON Schema of the metadata.json of a bundle whose inputs ``reader`` reads."""
+# export --quantize int8: what was quantised and how far it moved the outputs (core.export).
+_QUANTIZATION = _object({
+    "mode": {"const": "int8"}, "method": _STRING, "op_types": _STRINGS,
+    "per_channel": {"type": "boolean"}, "quantized_nodes": _INTEGER,
+    "float_nodes": {"type": "object", "additionalProperties": _INTEGER},
+    "samples": _INTEGER, "inputs": _STRING, "max_prob_diff": _NUMBER, "top1_agreement": _NUMBER,
+    "tolerance": _NUMBER, "fp32_max_prob_diff": _NUMBER,
+    "speed": _object({"fp32_ms_per_image": _NUMBER, "int8_ms_per_image": _NUMBER,
+                      "speedup": _NUMBER, "batch": _INTEGER, "rounds": _INTEGER,
+                      "cpu_cores": _INTEGER}),
+})
+
+
+def metadata_schema(reader: InputReader, version: str = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of the metadata.json of a bundle whose inputs ``reader`` reads, in one of
+    the versions this code writes (:data:`~core.bundle.WRITTEN_VERSIONS`)."""
+    if version not in WRITTEN_VERSIONS:
+        raise ValueError(f"schema version {version!r} is not one this code writes "
+                         f"({', '.join(WRITTEN_VERSIONS)})")
     contract = reader.contract_class.json_schema()
     input_schema = {**contract, "properties": {**contract["properties"], "reader": {"const": reader.name}}}
     properties = {
         "$schema": {"const": SCHEMA_FILE},
-        "schema_version": {"const": SCHEMA_VERSION},
+        "schema_version": {"const": version},
         "changelog": {"type": "object", "additionalProperties": _STRING},
         "created": _STRING,
         "domain": _STRING,
@@ -90,17 +108,20 @@ def metadata_schema(reader: InputReader) -> dict[str, Any]:
         "files": {"type": "object", "additionalProperties": _STRING},
         "metadata_sha256": _STRING,
     }
+    if version == QUANTIZED_SCHEMA_VERSION:
+        properties["quantization"] = _QUANTIZATION
     return {
         "$schema": DIALECT,
         "$id": SCHEMA_FILE,
-        "title": f"convnext-domains bundle metadata, schema {SCHEMA_VERSION}",
-        "description": "; ".join(f"{v}: {text}" for v, text in SCHEMA_CHANGELOG.items()),
+        "title": f"convnext-domains bundle metadata, schema {version}",
+        "description": "; ".join(f"{v}: {text}" for v, text in changelog(version).items()),
         **_object(properties),
     }
 
 
-def write_metadata_schema(folder: Path, reader: InputReader) -> Path:
-    """Write ``metadata.schema.json`` for a bundle read by ``reader`` into ``folder``."""
+def write_metadata_schema(folder: Path, reader: InputReader, version: str = SCHEMA_VERSION) -> Path:
+    """Write ``metadata.schema.json`` (schema ``version``) for a bundle read by ``reader`` into
+    ``folder``."""
     path = folder / SCHEMA_FILE
-    path.write_text(json.dumps(metadata_schema(reader), indent=2) + "\n")
+    path.write_text(json.dumps(metadata_schema(reader, version), indent=2) + "\n")
     return path

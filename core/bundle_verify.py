@@ -17,7 +17,7 @@ from pathlib import Path
 from core.bundle import (
     METADATA,
     SCHEMA_FILE,
-    SCHEMA_VERSION,
+    WRITTEN_VERSIONS,
     BundleError,
     bundle_files,
     load_bundle,
@@ -77,7 +77,7 @@ def _check_json_schema(folder: Path, meta: dict, version: str, reader: str) -> N
         raise BundleError(f"{folder / SCHEMA_FILE} cannot be checked by this version ({err}); "
                           "upgrade convnext-domains") from err
     # Sealed and self-consistent is not enough: a faulty writer may have sealed a weaker schema.
-    if version == SCHEMA_VERSION and schema != metadata_schema(READERS[reader]):
+    if version in WRITTEN_VERSIONS and schema != metadata_schema(READERS[reader], version):
         raise BundleError(f"{folder / SCHEMA_FILE} is not the schema {version} that convnext-domains "
                           f"writes for '{reader}' bundles; re-export the bundle")
 

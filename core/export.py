@@ -10,6 +10,14 @@ The bundle also carries its own torch-free predictor (``predict.py``, ``requirem
 ``predictor/``, copies of the modules that its input reader declares, found through
 :data:`core.readers.READERS`), so it can be handed over alone.
 
+``--quantize int8`` makes ``model.onnx`` an INT8 dynamically quantised graph (int8 weights of
+the ``MatMul``/``Gemm`` layers, activations quantised at run time; :mod:`core.quantize`). The
+fp32 graph is traced and parity-checked as always first; the quantised one must load in ONNX
+Runtime, is compared with Lightning on the same seeded inputs and timed against the fp32 graph,
+and ``metadata.json`` (``quantization``) and the model card report the figures (bundle schema 2.2; plain bundles stay 2.1). Export fails
+only when its probabilities differ by more than ``--int8-tolerance`` (default 0.05, see
+:data:`core.export_parity.INT8_TOLERANCE`). Detectors are not quantised.
+
 Everything is written into a temporary folder next to ``DIR`` and renamed into place only when
 all of it succeeded, so ``DIR`` is either a complete, verified bundle or absent. SIGTERM removes
 the temporary folder; one left by a killed export (SIGKILL, power loss) is removed by the next
@@ -23,6 +31,7 @@ This module is the entry point and runs the steps in order; each step lives in i
 - :mod:`core.export_detection`: detectors instead of the two above: a one-image graph with
   torchvision's post-processing inside (boxes, scores, labels), and its parity check
 - :mod:`core.export_metadata`: metadata.json (backbone, operating point, metrics, versions)
+- :mod:`core.quantize`: with ``--quantize int8``, the INT8 graph, its nodes, load check and speed
 - :mod:`core.model_card`: README.md from the metadata
 - :mod:`core.export_modules`, :mod:`core.export_predictor`: the bundle's own predictor
 - :mod:`core.export_publish`: owner files, stale partials, SIGTERM, the atomic rename
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata  # noqa: F401  (kept as export.importlib: tests patch its requires)
 import json
+import os
 import shutil
 import signal
 import sys
@@ -42,7 +52,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.bundle import LAUNCHER, METADATA, MODEL, REQUIREMENTS, Bundle, seal
+from core.bundle import (
+    LAUNCHER,
+    METADATA,
+    MODEL,
+    QUANTIZED_SCHEMA_VERSION,
+    REQUIREMENTS,
+    Bundle,
+    changelog,
+    seal,
+)
 from core.bundle_schema import write_metadata_schema
 from core.bundle_verify import verify_bundle
 from core.errors import DataError
@@ -70,7 +89,14 @@ from core.export_modules import (
 from core.export_modules import _imports as _imports  # tests reach it here, as before the split
 from core.export_modules import module_source as _module_source  # noqa: F401  (likewise)
 from core.export_onnx import FixedAdaptiveAvgPool2d, exportable_pools, write_onnx
-from core.export_parity import PARITY_INPUTS, check_parity, lightning_probabilities
+from core.export_parity import (
+    INT8_TOLERANCE,
+    PARITY_INPUTS,
+    check_int8_parity,
+    check_parity,
+    lightning_probabilities,
+    parity_inputs,
+)
 from core.export_predictor import (
     DISTRIBUTION,
     LAUNCHER_SOURCE,
@@ -92,11 +118,13 @@ from core.export_publish import (
     write_owner,
 )
 from core.model_card import model_card
+from core.quantize import DEFAULT_OP_TYPES, METHOD, check_loads, compare_speed, quantize_int8, quantized_nodes
 from core.readers import READERS
 
 __all__ = [
     "CARD", "CHECKPOINT_COPY", "DISTRIBUTION", "LAUNCHER_SOURCE", "OWNER", "OWNER_TOOL",
-    "PARITY_INPUTS", "PROJECT_PACKAGES", "STALE_AFTER_S", "VERSIONED",
+    "INT8_TOLERANCE", "PARITY_INPUTS", "PROJECT_PACKAGES", "QUANTIZE_MODES", "STALE_AFTER_S",
+    "VERSIONED",
     "ExportInterrupted", "FixedAdaptiveAvgPool2d",
     "backbone_info", "build_metadata", "build_parser", "check_parity", "checkpoint_contract",
     "clean_stale_partials",
@@ -105,6 +133,10 @@ __all__ = [
     "reader_packages", "rebuild_task", "run_metrics", "task_kind", "write_onnx",
     "write_predictor",
 ]
+
+
+#: Values of ``--quantize``: ``none`` keeps the fp32 graph, ``int8`` quantises it (see above).
+QUANTIZE_MODES = ("none", "int8")
 
 
 # ---- the export ---------------------------------------------------------------------------
@@ -118,6 +150,8 @@ def export_bundle(
     opset: int = 17,
     seed: int = 0,
     box_tolerance: float = 1e-3,
+    quantize: str = "none",
+    int8_tolerance: float = INT8_TOLERANCE,
 ) -> Path:
     """Export a checkpoint to a verified bundle folder.
 
@@ -132,17 +166,26 @@ def export_bundle(
         opset: ONNX opset.
         seed: seed of the parity inputs.
         box_tolerance: detectors: largest allowed difference of box coordinates, in pixels.
+        quantize: ``"none"`` (fp32 ``model.onnx``) or ``"int8"`` (INT8 dynamically quantised
+            ``model.onnx``, reported in ``metadata.json`` ``quantization``; not for detectors).
+        int8_tolerance: with ``quantize="int8"``: largest allowed absolute difference of the
+            quantised model's probabilities from Lightning's (the fp32 graph still has to meet
+            ``tolerance`` first).
 
     Returns:
         The bundle folder.
 
     Raises:
-        DataError: not a convnext-domains checkpoint, ``out`` exists, or the parity check failed.
-            Nothing is left at ``out`` (nor any temporary folder) on failure.
+        DataError: not a convnext-domains checkpoint, ``out`` exists, the parity check failed,
+            or ``quantize="int8"`` cannot be done (a detector, no layer to quantise, a model the
+            installed onnxruntime cannot run, a difference above ``int8_tolerance``). Nothing
+            is left at ``out`` (nor any temporary folder) on failure.
         ExportInterrupted: SIGTERM arrived (the temporary folder is removed first; if it came
             during the final rename, the finished bundle is at ``out`` and ``published`` says so).
     """
     ckpt, out = Path(ckpt).expanduser(), Path(out).expanduser().absolute()
+    if quantize not in QUANTIZE_MODES:
+        raise DataError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     _check_target(out, overwrite)  # fail before minutes of work, checked again at the rename
     try:
         import onnxruntime  # noqa: F401
@@ -155,6 +198,11 @@ def export_bundle(
     if contract.class_names and list(contract.class_names) != list(task.class_names):
         raise DataError(f"checkpoint '{ckpt}': its input contract names classes "
                         f"{list(contract.class_names)} but its model {list(task.class_names)}")
+    if quantize == "int8" and is_detection(task):
+        raise DataError(f"checkpoint '{ckpt}' is a {task.kind} detector: --quantize int8 is not "
+                        "supported for detection bundles (their graph holds torchvision's "
+                        "post-processing, whose INT8 behaviour is not checked); export it without "
+                        "--quantize")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(out.parent)
@@ -174,12 +222,18 @@ def export_bundle(
                 # Looked up here, so replacing export.lightning_probabilities works.
                 meta["parity"] = check_parity(task, Bundle(tmp, meta), shape, parity_samples,
                                               tolerance, seed, reference=lightning_probabilities)
+                if quantize == "int8":
+                    meta["quantization"] = _quantize_model(task, tmp, meta, shape, parity_samples,
+                                                           int8_tolerance, seed)
+                    # The first version with the key, so 2.1 bundles stay exactly as they were.
+                    meta["schema_version"] = QUANTIZED_SCHEMA_VERSION
+                    meta["changelog"] = changelog(QUANTIZED_SCHEMA_VERSION)
             if include_checkpoint:
                 shutil.copyfile(ckpt, tmp / CHECKPOINT_COPY)
             meta["predictor"] = write_predictor(tmp, contract.reader)
             meta = _jsonable(meta)
             (tmp / CARD).write_text(model_card(meta))
-            write_metadata_schema(tmp, READERS[contract.reader])
+            write_metadata_schema(tmp, READERS[contract.reader], meta["schema_version"])
             # Seconds before the rename: unmarked, the folder is kept by age until then.
             (tmp / OWNER).unlink()
             seal(meta, tmp)
@@ -193,6 +247,35 @@ def export_bundle(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def _quantize_model(task, folder: Path, meta: dict, shape: Sequence[int], samples: int,
+                    tolerance: float, seed: int) -> dict:
+    """Replace ``folder/model.onnx`` (the parity-checked fp32 graph) by its INT8 version and
+    return the ``quantization`` record of metadata.json; raise DataError, leaving the fp32
+    graph in place, when that cannot be done."""
+    work = folder / ".int8"  # removed below, before anything is sealed
+    work.mkdir()
+    try:
+        int8 = quantize_int8(folder / MODEL, work / MODEL)
+        count, float_nodes = quantized_nodes(int8)
+        if not count:
+            raise DataError(
+                f"--quantize int8 found no {'/'.join(DEFAULT_OP_TYPES)} layer to quantise in this "
+                f"{meta['task']} network (float layers: {float_nodes}); export it without --quantize")
+        try:
+            check_loads(int8)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        parity = check_int8_parity(task, Bundle(work, meta), shape, samples, tolerance, seed,
+                                   reference=lightning_probabilities)
+        speed = compare_speed(folder / MODEL, int8, parity_inputs(shape, samples, seed).numpy())
+        os.replace(int8, folder / MODEL)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"mode": "int8", "method": METHOD, "op_types": list(DEFAULT_OP_TYPES), "per_channel": False,
+            "quantized_nodes": count, "float_nodes": float_nodes, **parity,
+            "fp32_max_prob_diff": meta["parity"]["max_abs_diff"], "speed": speed}
 
 
 # ---- command line -------------------------------------------------------------------------
@@ -213,16 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box-tolerance", type=float, default=1e-3,
                         help="detectors: largest allowed ONNX vs PyTorch box coordinate "
                              "difference in pixels (default 1e-3)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                        help="int8: model.onnx is INT8 dynamically quantised (int8 MatMul/Gemm "
+                             "weights, activations quantised at run time), checked against "
+                             "PyTorch and timed against fp32, figures in metadata.json and the "
+                             "model card; not for detectors (default none: fp32)")
+    parser.add_argument("--int8-tolerance", type=float, default=INT8_TOLERANCE,
+                        help="with --quantize int8: largest allowed INT8 vs PyTorch probability "
+                             f"difference (default {INT8_TOLERANCE:g}; the measured one is reported)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``convnext-domains export --ckpt RUN.ckpt --out DIR [--include-checkpoint] [--overwrite]``."""
+    """``convnext-domains export --ckpt RUN.ckpt --out DIR [--include-checkpoint] [--overwrite]
+    [--quantize int8]``."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
         path = export_bundle(args.ckpt, args.out, include_checkpoint=args.include_checkpoint,
                              overwrite=args.overwrite, tolerance=args.tolerance,
-                             box_tolerance=args.box_tolerance)
+                             box_tolerance=args.box_tolerance, quantize=args.quantize,
+                             int8_tolerance=args.int8_tolerance)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from err
@@ -244,7 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g})")
     else:
         print(f"parity: max |P_onnx - P_torch| = {parity['max_abs_diff']:.3g} on "
-              f"{parity['samples']} seeded inputs (tolerance {parity['tolerance']:g})")
+              f"{parity['samples']} seeded inputs (tolerance {parity['tolerance']:g})"
+              + (" (fp32 graph, before quantisation)" if meta.get("quantization") else ""))
+    quantization = meta.get("quantization")
+    if quantization:
+        speed = quantization["speed"]
+        print(f"int8: {quantization['quantized_nodes']} {'/'.join(quantization['op_types'])} node(s) "
+              f"quantised; max |P_int8 - P_torch| = {quantization['max_prob_diff']:.3g} (fp32 "
+              f"{quantization['fp32_max_prob_diff']:.3g}, tolerance {quantization['tolerance']:g}), "
+              f"top-1 agreement {quantization['top1_agreement']:.3f}; "
+              f"{speed['int8_ms_per_image']:.3g} ms/image vs fp32 {speed['fp32_ms_per_image']:.3g} "
+              f"({speed['speedup']:.2f}x) at batch {speed['batch']} on this machine")
     print("files:")
     sizes: dict[str, int] = {}
     for name in [*meta["files"], METADATA]:  # predictor/... summed into one line

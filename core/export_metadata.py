@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from core.bundle import SCHEMA_CHANGELOG, SCHEMA_FILE, SCHEMA_VERSION
+from core.bundle import SCHEMA_FILE, SCHEMA_VERSION, changelog
 from core.contracts import InputContract
 from core.export_checkpoint import task_kind
 from core.export_detection import detection_decision, detection_info, output_names
@@ -130,7 +130,8 @@ def run_metrics(ckpt: Path) -> dict[str, Any] | None:
 
 def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputContract,
                    ckpt: Path) -> dict[str, Any]:
-    """metadata.json without ``parity``, ``predictor``, ``files`` and ``metadata_sha256``."""
+    """metadata.json (schema :data:`~core.bundle.SCHEMA_VERSION`) without ``parity``,
+    ``predictor``, ``files`` and ``metadata_sha256``."""
     kind = task_kind(task)
     parts = str(checkpoint["task_class"]).split(".")
     if kind == "detection":
@@ -146,7 +147,7 @@ def build_metadata(task: nn.Module, checkpoint: dict[str, Any], contract: InputC
     return {
         "$schema": SCHEMA_FILE,
         "schema_version": SCHEMA_VERSION,
-        "changelog": dict(SCHEMA_CHANGELOG),
+        "changelog": changelog(SCHEMA_VERSION),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "domain": parts[1] if parts[0] == "domains" and len(parts) > 2 else "core",
         "task": kind,

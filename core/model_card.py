@@ -54,7 +54,9 @@ def _intended_use(meta: dict[str, Any], reader: InputReader, inp: InputContract)
     else:
         lines += [
             f"- **Network**: `model.onnx`, input `input` float32 NCHW (N, {shape[1]}, {shape[2]}, "
-            f"{shape[3]}), output `logits` ({out['shape']}), probabilities by {out['activation']}.",
+            f"{shape[3]}), output `logits` ({out['shape']}), probabilities by {out['activation']}"
+            + ("; INT8 dynamically quantised (see Quantisation)" if meta.get("quantization") else "")
+            + ".",
             "",
         ]
     return lines
@@ -159,10 +161,48 @@ def _parity(meta: dict[str, Any]) -> list[str]:
                    if parity.get("max_mask_diff") is not None else "") + "."
                 + (" The detector found nothing on these inputs, so only the count was compared."
                    if not any(parity["detections"]) else ""), ""]
+    graph = (" with the fp32 graph traced before quantisation" if meta.get("quantization") else "")
     return ["## Export parity", "",
-            f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime's probabilities "
-            f"differ from PyTorch Lightning's by at most {parity['max_abs_diff']:.3g} "
-            f"(tolerance {parity['tolerance']:g}).", ""]
+            f"On {parity['samples']} inputs ({parity['inputs']}), ONNX Runtime's probabilities"
+            f"{graph} differ from PyTorch Lightning's by at most {parity['max_abs_diff']:.3g} "
+            f"(tolerance {parity['tolerance']:g})."
+            + (" The INT8 `model.onnx` is compared under Quantisation." if graph else ""), ""]
+
+
+def _quantization(meta: dict[str, Any]) -> list[str]:
+    """What ``export --quantize int8`` changed and measured; nothing for an fp32 bundle."""
+    q = meta.get("quantization")
+    if not q:
+        return []
+    speed, kept = q["speed"], q["float_nodes"]
+    unit = " (per pixel)" if meta["task"] == "segmentation" else ""
+    return [
+        "## Quantisation",
+        "",
+        f"`model.onnx` is INT8 dynamically quantised: {q['method']}. Quantised: "
+        f"{q['quantized_nodes']} node(s) of type {', '.join(q['op_types'])} (ONNX Runtime's "
+        "MatMul class includes Gemm)"
+        + (f"; kept in float: {', '.join(f'{n} {op}' for op, n in kept.items())}" if kept else "")
+        + ".",
+        "",
+        "| measured against PyTorch Lightning | value |",
+        "|---|---|",
+        f"| max probability difference, INT8 | {q['max_prob_diff']:.3g} |",
+        f"| max probability difference, fp32 graph | {q['fp32_max_prob_diff']:.3g} |",
+        f"| top-1 agreement{unit} | {q['top1_agreement']:.3f} |",
+        f"| export gate (`--int8-tolerance`) | {q['tolerance']:g} |",
+        "",
+        f"On the {q['samples']} parity inputs ({q['inputs']}), as a batch and the first alone. "
+        "A decision at a threshold t can change only where the fp32 probability lies within "
+        "about that difference of t. Because activations are scaled per run, an image's "
+        "probabilities also vary slightly with the other images in its batch.",
+        "",
+        f"Speed at export, on the export machine ({speed['cpu_cores']} CPU cores, ONNX Runtime "
+        f"default threads, batch {speed['batch']}, median of {speed['rounds']} alternating runs): "
+        f"INT8 {speed['int8_ms_per_image']:.3g} ms/image, fp32 {speed['fp32_ms_per_image']:.3g} "
+        f"ms/image ({speed['speedup']:.2f}x). Measure on your own hardware before relying on it.",
+        "",
+    ]
 
 
 def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[DomainPlugin],
@@ -254,6 +294,7 @@ def model_card(meta: dict[str, Any]) -> str:
         *_test_metrics(meta),
         *_operating_point(meta),
         *_parity(meta),
+        *_quantization(meta),
         *_limitations(meta, reader, _plugins(meta, inp), inp),
         *_how_to_run(meta, reader),
     ]
