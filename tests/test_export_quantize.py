@@ -79,6 +79,8 @@ def test_int8_bundle_holds_the_quantised_graph(run):
     assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] > 0
     assert ops["MatMul"] == ops["Gemm"] == 0  # every MLP layer and the head are int8 now
     assert ops["ConvInteger"] == 0 and ops["Conv"] > 0  # convolutions stay float (the default)
+    # Readable like every other file of the bundle (not the temporary file's private 0600).
+    assert (run["int8"] / MODEL).stat().st_mode == (run["int8"] / "README.md").stat().st_mode
     weights = onnx.load(str(run["int8"] / MODEL)).graph.initializer
     assert any(w.data_type == onnx.TensorProto.INT8 for w in weights)
     q = _meta(run["int8"])["quantization"]
