@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.bundle import QUANTIZED_SCHEMA_VERSION, SCHEMA_FILE, SCHEMA_VERSION, WRITTEN_VERSIONS, changelog
+from core.bundle import (
+    QUANTIZED_SCHEMA_VERSION,
+    SCHEMA_FILE,
+    SCHEMA_VERSION,
+    WRITTEN_VERSIONS,
+    changelog,
+)
 from core.json_schema import DIALECT
 from core.readers import InputReader
 

@@ -51,6 +51,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.bundle import (
     LAUNCHER,
@@ -118,7 +119,14 @@ from core.export_publish import (
     write_owner,
 )
 from core.model_card import model_card
-from core.quantize import DEFAULT_OP_TYPES, METHOD, check_loads, compare_speed, quantize_int8, quantized_nodes
+from core.quantize import (
+    DEFAULT_OP_TYPES,
+    METHOD,
+    check_loads,
+    compare_speed,
+    quantize_int8,
+    quantized_nodes,
+)
 from core.readers import READERS
 
 __all__ = [
@@ -249,8 +257,8 @@ def export_bundle(
     return out
 
 
-def _quantize_model(task, folder: Path, meta: dict, shape: Sequence[int], samples: int,
-                    tolerance: float, seed: int) -> dict:
+def _quantize_model(task: Any, folder: Path, meta: dict[str, Any], shape: Sequence[int],
+                    samples: int, tolerance: float, seed: int) -> dict[str, Any]:
     """Replace ``folder/model.onnx`` (the parity-checked fp32 graph) by its INT8 version and
     return the ``quantization`` record of metadata.json; raise DataError, leaving the fp32
     graph in place, when that cannot be done."""

@@ -27,6 +27,7 @@ from core.cli import run_cli
 from core.detection import DetectionTask
 from core.image_reader import IMAGE
 from core.readers import READERS, contract_json
+from core.segmentation import SegmentationTask
 from core.torch_free import BLOCKED, run_without_torch
 
 from .conftest import TINY, make_defect_folders
@@ -170,6 +171,26 @@ def test_the_bundles_own_predictor_runs_the_int8_model(run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert len(rows) == 6 and {r["predicted_class"] for r in rows} <= {"good", "scratch"}
+
+
+def test_segmentation_agreement_is_counted_per_pixel(tmp_path):
+    names = ["water", "crop", "soil"]
+    torch.manual_seed(0)
+    task = SegmentationTask(**TINY, in_chans=1, num_classes=3, class_names=names, decoder_channels=16)
+    contract = IMAGE.contract(channels="gray", in_chans=1, image_size=32, mean=[0.4], std=[0.1],
+                              class_names=names)
+    torch.save({"task_class": "core.segmentation.SegmentationTask", "hyper_parameters": dict(task.hparams),
+                "state_dict": task.state_dict(), "preprocessing": contract_json(contract, SCHEMA_VERSION),
+                "preprocessing_schema": SCHEMA_VERSION}, tmp_path / "seg.ckpt")
+    bundle = export.export_bundle(tmp_path / "seg.ckpt", tmp_path / "b", quantize="int8")
+    q = _meta(bundle)["quantization"]
+    # convnext_atto's MLPs are 1x1 convolutions: what is quantised here are the pyramid pooling's
+    # fixed averaging matrices (constant weights); the MatMuls of two activations stay float.
+    assert q["quantized_nodes"] == _ops(bundle)["MatMulInteger"] > 0 and q["float_nodes"]["Conv"] > 0
+    pixels = 5 * 32 * 32  # 4 images as a batch + the first alone, every pixel's argmax
+    assert round(q["top1_agreement"] * pixels) == pytest.approx(q["top1_agreement"] * pixels, abs=1e-6)
+    assert 0 < q["max_prob_diff"] <= 0.05
+    assert f"| top-1 agreement (per pixel) | {q['top1_agreement']:.3f} |" in (bundle / "README.md").read_text()
 
 
 # ---- the default is unchanged ------------------------------------------------------------------
