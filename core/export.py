@@ -14,9 +14,10 @@ The bundle also carries its own torch-free predictor (``predict.py``, ``requirem
 the ``MatMul``/``Gemm`` layers, activations quantised at run time; :mod:`core.quantize`). The
 fp32 graph is traced and parity-checked as always first; the quantised one must load in ONNX
 Runtime, is compared with Lightning on the same seeded inputs and timed against the fp32 graph,
-and ``metadata.json`` (``quantization``) and the model card report the figures (bundle schema 2.2; plain bundles stay 2.1). Export fails
-only when its probabilities differ by more than ``--int8-tolerance`` (default 0.05, see
-:data:`core.export_parity.INT8_TOLERANCE`). Detectors are not quantised.
+and ``metadata.json`` (``quantization``, bundle schema 2.2; plain bundles stay 2.1) and the
+model card report the figures. Export fails only when its probabilities differ by more than
+``--int8-tolerance`` (default 0.05, see :data:`core.export_parity.INT8_TOLERANCE`). Detectors
+are not quantised.
 
 Everything is written into a temporary folder next to ``DIR`` and renamed into place only when
 all of it succeeded, so ``DIR`` is either a complete, verified bundle or absent. SIGTERM removes

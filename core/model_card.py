@@ -179,7 +179,7 @@ def _quantization(meta: dict[str, Any]) -> list[str]:
     return [
         "## Quantisation",
         "",
-        f"`model.onnx` is INT8 dynamically quantised: {q['method']}. Quantised: "
+        f"`model.onnx` is INT8 dynamically quantised ({q['method']}). Quantised: "
         f"{q['quantized_nodes']} node(s) of type {', '.join(q['op_types'])} (ONNX Runtime's "
         "MatMul class includes Gemm)"
         + (f"; kept in float: {', '.join(f'{n} {op}' for op, n in kept.items())}" if kept else "")
@@ -200,7 +200,8 @@ def _quantization(meta: dict[str, Any]) -> list[str]:
         f"Speed at export, on the export machine ({speed['cpu_cores']} CPU cores, ONNX Runtime "
         f"default threads, batch {speed['batch']}, median of {speed['rounds']} alternating runs): "
         f"INT8 {speed['int8_ms_per_image']:.3g} ms/image, fp32 {speed['fp32_ms_per_image']:.3g} "
-        f"ms/image ({speed['speedup']:.2f}x). Measure on your own hardware before relying on it.",
+        f"ms/image (speed-up {speed['speedup']:.2f}x). Measure on your own hardware before "
+        "relying on it.",
         "",
     ]
 
