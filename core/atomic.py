@@ -9,6 +9,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: Path) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would have (the umask's), not
+    the owner-only 0600/0700 of ``mkstemp``/``mkdtemp``: outputs are meant to be shared."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a hidden temporary file beside ``path``, then rename it to ``path``.
 
@@ -21,6 +33,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

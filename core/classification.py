@@ -25,8 +25,8 @@ from torchmetrics.classification import (
 )
 
 from core import operating_point as op
-from core.losses import balanced_class_weights, class_weight_buffer
 from core.distributed import rank_zero_dir
+from core.losses import balanced_class_weights, class_weight_buffer
 from core.prediction_writer import ClassificationCSVWriter
 from core.reporting import write_classification_report
 from core.task import ConvNeXtTask

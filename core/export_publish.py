@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.atomic import shareable
 from core.bundle import LAUNCHER, METADATA, MODEL, PREDICTOR, REQUIREMENTS
 from core.errors import DataError
 
@@ -52,11 +53,8 @@ def write_owner(folder: Path) -> None:
 
 def make_shareable(folder: Path) -> None:
     """Give ``folder`` and its subfolders the umask's permissions instead of mkdtemp's 0700."""
-    # mkdtemp makes the folder private (0700); a bundle is meant to be copied and shared.
-    umask = os.umask(0)
-    os.umask(umask)
     for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        sub.chmod(0o777 & ~umask)
+        shareable(sub)
 
 
 class ExportInterrupted(BaseException):

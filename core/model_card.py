@@ -230,7 +230,8 @@ def _limitations(meta: dict[str, Any], reader: InputReader, plugins: list[Domain
         lines.append(f"- Every image is resized to {shape[2]}x{shape[3]} before detection: objects "
                      "much smaller than the training ones after that resize are missed.")
         if "masks" in meta["output"]["outputs"]:
-            lines.append("- The graph outputs instance masks, but the predictor writes boxes only.")
+            lines.append("- Instance masks (probability > 0.5, in the stored image's pixels) are "
+                         "COCO RLE `segmentation`s in detections.json; detections.csv holds boxes only.")
     return [*lines, ""]
 
 

@@ -89,12 +89,7 @@ def quantize_int8(src: str | Path, dst: str | Path, op_types: Sequence[str] = DE
             quantize_dynamic(model, tmp, op_types_to_quantize=list(op_types),
                              per_channel=per_channel, weight_type=QuantType.QInt8)
 
-    write_atomic(dst, write)
-    # mkstemp's temporary file is private (0600); a model is meant to be shared like any file.
-    umask = os.umask(0)
-    os.umask(umask)
-    dst.chmod(0o666 & ~umask)
-    return dst
+    return write_atomic(dst, write)
 
 
 def quantized_nodes(path: str | Path) -> tuple[int, dict[str, int]]:

@@ -21,6 +21,7 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
+from core.distributed import rank_zero_dir
 from core.heads import build_head
 from core.losses import (
     balanced_class_weights,
@@ -28,7 +29,6 @@ from core.losses import (
     masked_cross_entropy,
     soft_dice_loss,
 )
-from core.distributed import rank_zero_dir
 from core.reporting import write_segmentation_report
 from core.task import ConvNeXtTask
 

@@ -132,3 +132,20 @@ def test_bundles_run_on_cuda_where_onnxruntime_has_it_and_on_the_cpu_otherwise()
     assert execution_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) \
         == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert execution_providers([]) == ["CPUExecutionProvider"]
+
+
+def test_atomic_outputs_get_the_umasks_permissions_not_mkstemps(tmp_path):
+    """mkstemp makes its file owner-only (0600); written reports, masks and models are meant to
+    be read by the rest of the team, like a file written with open()."""
+    import os
+
+    from core.atomic import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        out = write_atomic(tmp_path / "report.csv", lambda tmp: tmp.write_text("a,b\n"))
+        plain = tmp_path / "plain.csv"
+        plain.write_text("a,b\n")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644

@@ -222,7 +222,7 @@ def test_mask_rcnn_exports_masks_with_parity(tmp_path):
     with torch.no_grad():
         want = task(image[None])[0]
     assert masks.shape == (len(boxes), 1, SIZE, SIZE) and len(boxes) == len(want["boxes"]) > 0
-    assert "predictor writes boxes only" in (bundle / "README.md").read_text()
+    assert "COCO RLE `segmentation`s in detections.json" in (bundle / "README.md").read_text()
 
 
 # ---- torch-free prediction -------------------------------------------------------------------

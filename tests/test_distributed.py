@@ -170,7 +170,7 @@ def test_two_cpu_processes_train_on_disjoint_shares_and_evaluate_exactly(tmp_pat
     logged = [r for r in _metrics_rows(tmp_path / "runs") if r.get("val/auroc")][-1]
     last = next((tmp_path / "runs").rglob("last.ckpt"))
     single = subprocess.run([str(EXE), "validate", *common, "--trainer.devices=1",
-                             f"--ckpt_path={last}", f"--trainer.logger.init_args.name=single"],
+                             f"--ckpt_path={last}", "--trainer.logger.init_args.name=single"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     one = _metrics_rows(tmp_path / "runs" / "single")[-1]

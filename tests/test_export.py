@@ -499,7 +499,7 @@ def test_predictor_carries_every_module_its_reader_imports(reader):
     assert all(not m.startswith("domains") or m == "domains" or m.startswith(own) for m in carried)
     if reader == "image":
         assert carried == {"core", "core.atomic", "core.bundle", "core.contracts", "core.errors",
-                           "core.image_reader", "core.json_schema", "core.predict_bundle",
+                           "core.coco_rle", "core.image_reader", "core.json_schema", "core.predict_bundle",
                            "core.predict_detection", "core.preprocess", "core.readers"}
     else:  # what the reader imports lazily from its domain comes along although not declared
         declared = reader_modules(READERS[reader])
