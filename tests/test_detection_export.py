@@ -298,17 +298,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_the_bundles_own_predict_py_writes_the_same_detections(fcos, tmp_path):
+def predict_both_ways(bundle: Path, inputs: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Output folders of ``predict --bundle`` and of the bundle's own ``predict.py``, both with
+    torch unimportable; the latter outside the checkout, so only its predictor/ copy imports."""
     cli = tmp_path / "cli"
-    assert run_without_torch(["predict", "--bundle", str(fcos["bundle"]), str(fcos["inputs"]),
-                              "--out", str(cli)], cwd=ROOT).returncode == 0
-    argv = [str(fcos["bundle"] / "predict.py"), str(fcos["inputs"]), "--out", str(tmp_path / "own")]
-    # Outside the checkout: only the bundle's predictor/ copy can be imported.
+    assert run_without_torch(["predict", "--bundle", str(bundle), str(inputs), "--out", str(cli)],
+                             cwd=ROOT).returncode == 0
+    argv = [str(bundle / "predict.py"), str(inputs), "--out", str(tmp_path / "own")]
     result = subprocess.run([sys.executable, "-c", _OWN_LAUNCHER.format(blocked=set(BLOCKED), argv=argv)],
                             cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _csv(tmp_path / "own" / "detections.csv") == _csv(cli / "detections.csv")
-    own = json.loads((tmp_path / "own" / "detections.json").read_text())
+    return cli, tmp_path / "own"
+
+
+def test_the_bundles_own_predict_py_writes_the_same_detections(fcos, tmp_path):
+    cli, own_dir = predict_both_ways(fcos["bundle"], fcos["inputs"], tmp_path)
+    assert _csv(own_dir / "detections.csv") == _csv(cli / "detections.csv")
+    own = json.loads((own_dir / "detections.json").read_text())
     assert own["annotations"] == json.loads((cli / "detections.json").read_text())["annotations"]
 
 

@@ -7,8 +7,6 @@ through :mod:`core.coco_rle`; pycocotools reads what it writes.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +27,18 @@ from core.export_modules import predictor_modules
 from core.image_reader import IMAGE
 from core.predict_detection import detect, to_stored_pixels
 from core.preprocess import read_image_file, to_network_input
-from core.torch_free import BLOCKED, run_without_torch
+from core.torch_free import run_without_torch
 
-from .test_detection_export import _OWN_LAUNCHER, MEAN, NAMES, SIZE, STD, _save, _task, _write_png
+from .test_detection_export import (
+    MEAN,
+    NAMES,
+    SIZE,
+    STD,
+    _save,
+    _task,
+    _write_png,
+    predict_both_ways,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,15 +173,8 @@ def test_predict_bundle_writes_segmentations_in_stored_pixels(mask_rcnn, tmp_pat
 def test_the_bundles_own_predictor_carries_the_rle_helper(mask_rcnn, tmp_path):
     assert "core.coco_rle" in predictor_modules("image")
     assert (mask_rcnn["bundle"] / "predictor" / "core" / "coco_rle.py").is_file()
-    cli = tmp_path / "cli"
-    assert run_without_torch(["predict", "--bundle", str(mask_rcnn["bundle"]), str(mask_rcnn["inputs"]),
-                              "--out", str(cli)], cwd=ROOT).returncode == 0
-    argv = [str(mask_rcnn["bundle"] / "predict.py"), str(mask_rcnn["inputs"]), "--out", str(tmp_path / "own")]
-    # Outside the checkout: only the bundle's predictor/ copy can be imported.
-    result = subprocess.run([sys.executable, "-c", _OWN_LAUNCHER.format(blocked=set(BLOCKED), argv=argv)],
-                            cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    own = json.loads((tmp_path / "own" / "detections.json").read_text())["annotations"]
+    cli, own_dir = predict_both_ways(mask_rcnn["bundle"], mask_rcnn["inputs"], tmp_path)
+    own = json.loads((own_dir / "detections.json").read_text())["annotations"]
     assert own == json.loads((cli / "detections.json").read_text())["annotations"]
     assert own and all("segmentation" in a for a in own)
 
