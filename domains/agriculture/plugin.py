@@ -154,4 +154,5 @@ GEOTIFF_SCENE = GeoTiffSceneReader()
 
 PLUGIN = DomainPlugin(name="agriculture", extra=EXTRA, readers=(GEOTIFF_PATCH, GEOTIFF_SCENE),
                       tests=("test_agriculture.py", "test_agriculture_inputs.py",
-                             "test_agriculture_configs.py", "test_agriculture_detection.py"))
+                             "test_agriculture_configs.py", "test_agriculture_detection.py",
+                             "test_agriculture_vector_labels.py"))
