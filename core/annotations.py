@@ -144,17 +144,25 @@ class BadAnnotation(Exception):
 
 
 class BadAnnotationPolicy:
-    """``on_bad_annotation``: raise the problem, or record it in ``skipped`` as (path, reason)."""
+    """``on_bad_annotation``: raise the problem, or record it in ``skipped`` as (path, reason).
 
-    def __init__(self, on_bad: OnBadAnnotation, skipped: list[tuple[str, str]]) -> None:
+    Args:
+        on_bad: ``error`` or ``skip``.
+        skipped: the list that skipped problems are appended to.
+        left_out: what a skip leaves out, for the error's hint (``the image``; a scene's
+            ``the feature``).
+    """
+
+    def __init__(self, on_bad: OnBadAnnotation, skipped: list[tuple[str, str]],
+                 left_out: str = "the image") -> None:
         if on_bad not in ("error", "skip"):
             raise DataError(f"on_bad_annotation is '{on_bad}'; use error or skip")
-        self.on_bad, self.skipped, self.count = on_bad, skipped, 0
+        self.on_bad, self.skipped, self.count, self.left_out = on_bad, skipped, 0, left_out
 
     def __call__(self, path: str, problem: str) -> None:
         if self.on_bad == "error":
             raise AnnotationError(f"{problem} (or set data.init_args.on_bad_annotation: skip to leave "
-                                  "the image out and list it in skipped_files.csv)")
+                                  f"{self.left_out} out and list it in skipped_files.csv)")
         self.skipped.append((path, problem))
         self.count += 1
 

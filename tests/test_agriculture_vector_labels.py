@@ -93,8 +93,32 @@ def test_shapefile_without_prj_is_an_error_not_a_guess(tmp_path):
     stack = RasterStack(str(scene(tmp_path)))
     shp = write_vector(tmp_path / "noprj.shp", utm_rings(), None, "ESRI Shapefile")
     assert not (tmp_path / "noprj.prj").exists()
-    with pytest.raises(DataError, match=r"noprj\.shp' have no CRS.*ogr2ogr -a_srs"):
+    with pytest.raises(DataError, match=r"noprj\.shp' have no CRS.*not necessarily the scene's.*"
+                                        r"ogr2ogr -a_srs EPSG:<code> fixed\.gpkg .*noprj\.shp") as err:
         read_geojson_objects(shp, stack)
+    assert "32633" not in str(err.value)  # the scene's CRS is not offered as the labels' CRS
+    archive = tmp_path / "noprj.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for part in ("shp", "shx", "dbf"):
+            z.write(tmp_path / f"noprj.{part}", f"noprj.{part}")
+    with pytest.raises(DataError, match=r"-a_srs EPSG:<code> fixed\.gpkg /vsizip/.*noprj\.zip"):
+        read_geojson_objects(archive, stack)
+
+
+def test_a_truncated_field_name_and_all_features_skipped_say_why(tmp_path):
+    """Shapefiles cut field names to 10 characters: 'crop_class_name' is stored as 'crop_class'."""
+    stack = RasterStack(str(scene(tmp_path)))
+    shp = write_vector(tmp_path / "fields.shp", utm_rings(), CRS, "ESRI Shapefile", field="crop_class_name")
+    with pytest.raises(DataError, match=r"feature 0 .*has no 'crop_class_name' property .*did you mean "
+                                        r"'crop_class'\?\); Shapefile field names are cut to 10 "
+                                        r"characters.*leave the feature out"):
+        read_geojson_objects(shp, stack, label_property="crop_class_name")
+    skipped: list[tuple[str, str]] = []
+    with pytest.raises(DataError, match=r"hold no usable object \(of 2 feature\(s\)\); all skipped, the "
+                                        r"first because: .*feature 0 .*has no 'crop_class_name'"):
+        read_geojson_objects(shp, stack, label_property="crop_class_name",
+                             policy=BadAnnotationPolicy("skip", skipped))
+    assert len(skipped) == 2
 
 
 def test_missing_parts_and_bad_features_name_the_file(tmp_path):

@@ -298,7 +298,8 @@ class SceneDetectionDataModule(_BandsMixin, ConvNeXtDataModule):
         """The scene's objects as pixel boxes, from ``objects`` or ``objects_mask``."""
         h = self.hparams
         if h.objects is not None:
-            policy = BadAnnotationPolicy(h.on_bad_annotation, self.skipped)
+            policy = BadAnnotationPolicy(h.on_bad_annotation, self.skipped,
+                                         left_out="the feature (and the tiles over it)")
             found = read_geojson_objects(h.objects, stack, h.label_property, h.class_labels,
                                          h.point_buffer, policy, h.objects_layer)
         else:

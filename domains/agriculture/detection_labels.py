@@ -29,6 +29,7 @@ own CRS, and go through the same checks.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -46,7 +47,11 @@ from core.annotations import BadAnnotationPolicy, unknown_class
 from core.errors import DataError
 from core.instance_masks import mask_components
 from domains.agriculture.raster import LabelRaster, RasterStack, read_window
-from domains.agriculture.vector_files import GEOJSON_SUFFIXES, read_vector_features
+from domains.agriculture.vector_files import (
+    GEOJSON_SUFFIXES,
+    SHAPEFILE_SUFFIXES,
+    read_vector_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +218,15 @@ def geojson_features(path: str | Path, layer: str | None = None) -> tuple[list[d
     return features, geojson_crs(data, str(path))
 
 
-def _class_of(feature: dict[str, Any], prop: str) -> str:
+def _class_of(feature: dict[str, Any], prop: str, path: Path) -> str:
     props = feature.get("properties") or {}
     if prop not in props or props[prop] is None or props[prop] == "":
-        raise ValueError(f"has no '{prop}' property (has {sorted(props)}); set label_property to the "
-                         "property holding the class")
+        close = difflib.get_close_matches(prop, [str(k) for k in props], n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close and prop not in props else ""
+        if prop not in props and len(prop) > 10 and path.suffix.lower() in SHAPEFILE_SUFFIXES:
+            hint += "; Shapefile field names are cut to 10 characters"
+        raise ValueError(f"has no '{prop}' property (has {sorted(props)}){hint}; set label_property to "
+                         "the property holding the class")
     value = props[prop]
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # class codes exported as 3.0
@@ -248,8 +257,9 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
     """
     from rasterio.warp import transform as warp
 
-    policy = policy or BadAnnotationPolicy("error", [])
+    policy = policy or BadAnnotationPolicy("error", [], left_out="the feature")
     features, crs = geojson_features(path, layer)
+    skipped_before = len(policy.skipped)
     if stack.crs is None:
         raise DataError(f"scene '{stack.paths[0]}' has no CRS, so the map coordinates of '{path}' cannot "
                         "be placed on it; assign the scene's CRS (gdal_edit.py -a_srs EPSG:...) or "
@@ -270,7 +280,7 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
             policy(str(path), f"labels '{path}' {row} {err}")
             continue
         try:
-            name = _class_of(feature, label_property)
+            name = _class_of(feature, label_property, Path(path))
             if class_order is not None and name not in class_order:
                 raise ValueError(unknown_class(name, class_order).replace("class_order", "class_labels"))
         except ValueError as err:
@@ -282,8 +292,9 @@ def read_geojson_objects(path: str | Path, stack: RasterStack, label_property: s
         raw.append((row, xy, points, name))
     names = list(class_order) if class_order is not None else sorted({r[3] for r in raw if r[3] is not None})
     if not any(r[3] is not None for r in raw):
-        raise DataError(f"labels '{path}' hold no usable object (of {len(features)} feature(s)); see "
-                        "the skipped features above")
+        reasons = [reason for _, reason in policy.skipped[skipped_before:]]
+        first = f"; all skipped, the first because: {reasons[0]}" if reasons else ""
+        raise DataError(f"labels '{path}' hold no usable object (of {len(features)} feature(s)){first}")
     counts = np.cumsum([0] + [len(r[1]) for r in raw])
     xy = np.concatenate([r[1] for r in raw])
     if not same:

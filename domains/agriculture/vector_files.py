@@ -29,6 +29,8 @@ from core.errors import DataError
 #: Suffixes read directly as GeoJSON text (no GDAL).
 GEOJSON_SUFFIXES = (".geojson", ".json")
 _SHAPEFILE_PARTS = (".dbf", ".shx", ".prj", ".cpg")
+#: Files that are (or zip) a Shapefile, whose field names are at most 10 characters.
+SHAPEFILE_SUFFIXES = (".shp", ".zip", *_SHAPEFILE_PARTS)
 
 
 def _source(path: Path) -> str:
@@ -96,9 +98,11 @@ def read_vector_features(path: str | Path, layer: str | None = None
         raise DataError(f"labels '{path}' could not be read ({type(err).__name__}: {err}); re-export "
                         "them from your GIS, or convert with ogr2ogr -f GeoJSON") from None
     if not wkt:
+        gdal_path = f"/vsizip/{path}" if path.suffix.lower() == ".zip" else str(path)
         raise DataError(f"labels '{path}' have no CRS (a Shapefile without its .prj?), so their map "
-                        "coordinates cannot be placed on the scene; define it, e.g. ogr2ogr -a_srs "
-                        "EPSG:32633 fixed.gpkg objects.shp (QGIS: Layer > Set CRS)")
+                        "coordinates cannot be placed on the scene; define the CRS they were drawn "
+                        f"in (not necessarily the scene's): ogr2ogr -a_srs EPSG:<code> fixed.gpkg "
+                        f"{gdal_path} (QGIS: Layer > Set CRS), then pass fixed.gpkg")
     try:
         crs = CRS.from_wkt(wkt)
     except CRSError as err:
