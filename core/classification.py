@@ -199,7 +199,8 @@ class ClassificationTask(ConvNeXtTask):
         if self.has_operating_point:
             scores = self.decision_scores(probs)
             positive = torch.isin(target, torch.tensor(self.positive_index, device=target.device))
-            if stage == "val":
+            # Not from Lightning's sanity check (two batches of an untrained model).
+            if stage == "val" and not (self._trainer is not None and self.trainer.sanity_checking):
                 self._choose_threshold(scores, positive)
             threshold = self.operating_threshold()
             rates = op.rates_at_threshold(scores, positive, threshold)

@@ -472,7 +472,9 @@ class DetectionTask(ConvNeXtTask):
 
     def on_stage_epoch_end(self, stage: str, values: dict[str, float]) -> None:
         data = self._take(stage)
-        if not data["image_scores"].numel():
+        # Lightning's sanity check (two batches of an untrained model) must neither choose the
+        # operating point nor warn that it found no objects.
+        if not data["image_scores"].numel() or (self._trainer is not None and self.trainer.sanity_checking):
             return
         if stage == "val":
             self._choose_threshold(data["true_scores"])

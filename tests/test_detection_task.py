@@ -332,6 +332,19 @@ def test_fit_derives_anchors_keeps_ema_and_threshold_and_test_writes_the_report(
     assert png.stat().st_size > 1000
 
 
+def test_the_sanity_check_neither_chooses_the_threshold_nor_warns(tmp_path, caplog):
+    """Lightning validates two batches before training: an untrained model there must not set
+    the operating point or log 'no validation object was detected' (it read as a fault)."""
+    data = BoxData(rectangles(4, seed=1), rectangles(4, seed=2), rectangles(4, seed=3))
+    task = OracleScores(detector="retinanet", num_classes=2, class_names=["wide", "tall"],
+                        warmup_epochs=0.0, **SMALL)
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=0, num_sanity_val_steps=1)
+    with caplog.at_level(logging.INFO, logger="core.detection"):
+        fit.fit(task, datamodule=data)
+    assert torch.isnan(task.threshold)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_fcos_fit_and_predict_with_a_datamodule_without_train_boxes(tmp_path):
     torch.manual_seed(0)
     samples = rectangles(2)  # one batch: fast_dev_run runs one of each loop

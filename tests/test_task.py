@@ -257,3 +257,11 @@ def test_channels_last_policy_converts_weights_and_activations_and_trains_the_sa
     assert nchw.backbone.model.stem[0].weight.is_contiguous() and seen[0].is_contiguous()
     for (name, a), b in zip(nhwc.state_dict().items(), nchw.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
+
+
+def test_the_sanity_check_does_not_choose_the_operating_point(tmp_path):
+    data = separable_data(n=16)
+    task = DefectClassificationTask(**TINY, in_chans=1, num_classes=2, class_names=["good", "defect"])
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=0, num_sanity_val_steps=1)
+    fit.fit(task, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    assert torch.isnan(task.threshold)
