@@ -277,7 +277,8 @@ def _quantize_model(task: Any, folder: Path, meta: dict[str, Any], shape: Sequen
         except ValueError as err:
             raise DataError(str(err)) from None
         parity = check_int8_parity(task, Bundle(work, meta), shape, samples, tolerance, seed,
-                                   reference=lightning_probabilities)
+                                   reference=lightning_probabilities,
+                                   multilabel=meta["task"] == "multilabel")
         speed = compare_speed(folder / MODEL, int8, parity_inputs(shape, samples, seed).numpy())
         os.replace(int8, folder / MODEL)
     finally:

@@ -124,7 +124,7 @@ INT8_TOLERANCE = 0.05
 def check_int8_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], samples: int = 4,
                       tolerance: float = INT8_TOLERANCE, seed: int = 0,
                       reference: Callable[[nn.Module, Tensor], np.ndarray] = lightning_probabilities,
-                      ) -> dict[str, Any]:
+                      multilabel: bool = False) -> dict[str, Any]:
     """Compare an INT8 bundle model's probabilities with Lightning's on the parity inputs.
 
     The inputs and runs are those of :func:`check_parity` (the whole batch, then the first
@@ -133,7 +133,9 @@ def check_int8_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], sam
     Returns:
         ``max_prob_diff``: the largest absolute probability difference over both runs;
         ``top1_agreement``: the fraction of argmax decisions (over classes, per image; per
-        pixel for segmentation) that agree, over both runs (``samples + 1`` images);
+        pixel for segmentation) that agree, over both runs (``samples + 1`` images); with
+        ``multilabel`` (independent sigmoid labels, where an argmax means nothing) the
+        fraction of per-label decisions at probability 0.5 that agree;
         ``samples``, ``inputs`` and ``tolerance``.
 
     Raises:
@@ -142,8 +144,12 @@ def check_int8_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], sam
     images = parity_inputs(shape, samples, seed)
     expected, got, single = _both_runs(task, bundle, images, reference)
     diff = max(float(np.max(np.abs(got - expected))), float(np.max(np.abs(single - expected[:1]))))
-    agree = np.concatenate([(got.argmax(1) == expected.argmax(1)).ravel(),
-                            (single.argmax(1) == expected[:1].argmax(1)).ravel()])
+    if multilabel:
+        agree = np.concatenate([((got >= 0.5) == (expected >= 0.5)).ravel(),
+                                ((single >= 0.5) == (expected[:1] >= 0.5)).ravel()])
+    else:
+        agree = np.concatenate([(got.argmax(1) == expected.argmax(1)).ravel(),
+                                (single.argmax(1) == expected[:1].argmax(1)).ravel()])
     agreement = float(agree.mean())
     if not math.isfinite(diff) or diff > tolerance:
         raise DataError(

@@ -175,7 +175,7 @@ def _quantization(meta: dict[str, Any]) -> list[str]:
     if not q:
         return []
     speed, kept = q["speed"], q["float_nodes"]
-    unit = " (per pixel)" if meta["task"] == "segmentation" else ""
+    unit = {"segmentation": " (per pixel)", "multilabel": " (per label at 0.5)"}.get(meta["task"], "")
     return [
         "## Quantisation",
         "",

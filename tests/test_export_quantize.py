@@ -296,3 +296,26 @@ def test_a_network_without_matmul_layers_is_refused(run, tmp_path, monkeypatch):
                                                r"classification network \(float layers: \{'Conv': 12\}\)"):
         export.export_bundle(run["ckpt"], tmp_path / "b", quantize="int8")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_multilabel_agreement_is_per_label_at_one_half_not_argmax():
+    """Independent sigmoid labels: one label flipping across 0.5 is a changed decision even when
+    the argmax stays (hand-computed: 7 of 9 label decisions agree over the batch and the single
+    run; an argmax count would report 1.000)."""
+    from core.export_parity import check_int8_parity
+
+    expected = np.array([[0.9, 0.2, 0.6], [0.4, 0.55, 0.1]])
+    got = np.array([[0.9, 0.2, 0.45], [0.4, 0.55, 0.1]])
+
+    class FakeBundle:
+        def probabilities(self, images: np.ndarray) -> np.ndarray:
+            return got[: len(images)]
+
+    def reference(task, images):
+        return expected[: len(images)]
+
+    args = (None, FakeBundle(), (1, 4, 4), 2, 0.2, 0)
+    per_label = check_int8_parity(*args, reference=reference, multilabel=True)
+    assert per_label["top1_agreement"] == pytest.approx(7 / 9)
+    assert per_label["max_prob_diff"] == pytest.approx(0.15)
+    assert check_int8_parity(*args, reference=reference)["top1_agreement"] == 1.0
