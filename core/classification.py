@@ -200,7 +200,7 @@ class ClassificationTask(ConvNeXtTask):
             scores = self.decision_scores(probs)
             positive = torch.isin(target, torch.tensor(self.positive_index, device=target.device))
             # Not from Lightning's sanity check (two batches of an untrained model).
-            if stage == "val" and not (self._trainer is not None and self.trainer.sanity_checking):
+            if stage == "val" and not self.sanity_checking:
                 self._choose_threshold(scores, positive)
             threshold = self.operating_threshold()
             rates = op.rates_at_threshold(scores, positive, threshold)

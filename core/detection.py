@@ -474,7 +474,7 @@ class DetectionTask(ConvNeXtTask):
         data = self._take(stage)
         # Lightning's sanity check (two batches of an untrained model) must neither choose the
         # operating point nor warn that it found no objects.
-        if not data["image_scores"].numel() or (self._trainer is not None and self.trainer.sanity_checking):
+        if not data["image_scores"].numel() or self.sanity_checking:
             return
         if stage == "val":
             self._choose_threshold(data["true_scores"])

@@ -89,7 +89,7 @@ class DetectionFileWriter(BasePredictionWriter):
                                                    prediction["scores"][i].tolist(),
                                                    prediction["kept"][i].tolist(), strict=True)]
             if masks is not None:
-                probs = masks[i].float().cpu().numpy()
+                probs = masks[i].numpy()  # float32 on the CPU (mask_outputs)
                 for d, p in zip(detections, probs, strict=True):
                     d["segmentation"], d["area"] = segmentation(p, (rows, cols))
             self.images.append({**self.image_keys(batch, prediction, i), "size": [rows, cols],

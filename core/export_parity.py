@@ -86,6 +86,11 @@ def _both_runs(task: nn.Module, bundle: Bundle, images: Tensor,
     return expected, got, single
 
 
+def _max_diff(expected: np.ndarray, got: np.ndarray, single: np.ndarray) -> float:
+    """The largest absolute difference over the batch run and the single-image run."""
+    return max(float(np.max(np.abs(got - expected))), float(np.max(np.abs(single - expected[:1]))))
+
+
 def check_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], samples: int = 4,
                  tolerance: float = 1e-4, seed: int = 0,
                  reference: Callable[[nn.Module, Tensor], np.ndarray] = lightning_probabilities,
@@ -100,7 +105,7 @@ def check_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], samples:
     """
     images = parity_inputs(shape, samples, seed)
     expected, got, single = _both_runs(task, bundle, images, reference)
-    diff = max(float(np.max(np.abs(got - expected))), float(np.max(np.abs(single - expected[:1]))))
+    diff = _max_diff(expected, got, single)
     if not math.isfinite(diff) or diff > tolerance:
         raise DataError(
             f"export parity check failed: ONNX Runtime and PyTorch probabilities differ by up to "
@@ -143,7 +148,7 @@ def check_int8_parity(task: nn.Module, bundle: Bundle, shape: Sequence[int], sam
     """
     images = parity_inputs(shape, samples, seed)
     expected, got, single = _both_runs(task, bundle, images, reference)
-    diff = max(float(np.max(np.abs(got - expected))), float(np.max(np.abs(single - expected[:1]))))
+    diff = _max_diff(expected, got, single)
     if multilabel:
         agree = np.concatenate([((got >= 0.5) == (expected >= 0.5)).ravel(),
                                 ((single >= 0.5) == (expected[:1] >= 0.5)).ravel()])

@@ -155,6 +155,12 @@ class ConvNeXtTask(LightningModule):
         path = self.trainer.ckpt_path if self._trainer is not None else None
         return str(Path(path).resolve()) if path else None
 
+    @property
+    def sanity_checking(self) -> bool:
+        """Whether Lightning's pre-training sanity check (a few batches of the untrained model)
+        is running: nothing may be chosen or reported from it, e.g. an operating point."""
+        return self._trainer is not None and self.trainer.sanity_checking
+
     # ---- memory format ---------------------------------------------------------------------
     def configure_model(self) -> None:
         """Lightning's hook before the model moves to its device: weights go channels_last where
