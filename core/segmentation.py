@@ -62,6 +62,11 @@ class SegmentationTask(ConvNeXtTask):
             ``train_class_counts()``) or one weight per class. They weight the cross-entropy
             term; Dice already gives every class the same say.
         dice_smooth: additive smoothing of the Dice loss.
+        input_scale: upsample each input this many times (nearest neighbour) before the
+            backbone and average the logits back onto the input pixels. For coarse imagery
+            whose objects are a pixel or two (Landsat's 30 m): ConvNeXt's 4x4 stride-4 stem
+            otherwise mixes 16 pixels of different classes into one feature. Costs
+            ``input_scale**2`` times the compute per input pixel; part of the exported graph.
         **kwargs: backbone and recipe options of :class:`~core.task.ConvNeXtTask`.
     """
 
@@ -78,8 +83,12 @@ class SegmentationTask(ConvNeXtTask):
         loss: Literal["ce", "dice", "ce+dice"] = "ce",
         class_weights: Literal["balanced"] | list[float] | None = None,
         dice_smooth: float = 1.0,
+        input_scale: int = 1,
         **kwargs: Any,
     ) -> None:
+        if isinstance(input_scale, bool) or not isinstance(input_scale, int) or input_scale < 1:
+            raise ValueError(f"input_scale must be a whole number >= 1 (got {input_scale!r}); "
+                             "use 1 for no upsampling, 2-4 for coarse imagery")
         super().__init__(**kwargs)
         # Test-only: pixel counts per (true, predicted) class for the report.
         self.test_confusion = MulticlassConfusionMatrix(
@@ -185,6 +194,9 @@ class SegmentationTask(ConvNeXtTask):
     # ---- forward and prediction ----------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes, H, W)`` at the input resolution."""
+        scale = int(self.hparams.get("input_scale", 1))
+        if scale > 1:
+            x = F.interpolate(x, scale_factor=scale, mode="nearest")
         height, width = x.shape[-2:]
         multiple = self.backbone.strides[-1]
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
@@ -194,7 +206,9 @@ class SegmentationTask(ConvNeXtTask):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         logits = self.decoder(self.backbone.forward_pyramid(x))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
+        logits = logits[..., :height, :width]
+        # Each input pixel is a scale x scale block here: its logits are the block's mean.
+        return F.avg_pool2d(logits, scale) if scale > 1 else logits
 
     def predict_probs(self, x: Tensor) -> Tensor:
         """Softmax class probabilities ``(B, K, H, W)`` in float32, e.g. for sliding windows.

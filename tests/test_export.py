@@ -85,7 +85,9 @@ def trained(tmp_path_factory) -> dict[str, Trained]:
         "agriculture": _train(tmp / "a", "agriculture/segmentation.yaml", [
             f"--data.init_args.image={scene['scene']}", f"--data.init_args.labels={scene['labels']}",
             "--data.init_args.tile_size=32", "--data.init_args.block_size=32",
-            "--data.init_args.samples_per_epoch=8", "--model.init_args.decoder_channels=16"],
+            "--data.init_args.samples_per_epoch=8", "--model.init_args.decoder_channels=16",
+            # Coarse-imagery upsampling is part of the graph: parity and bundles must keep it.
+            "--model.init_args.input_scale=2"],
             [scene["scene"]]),
         "medical": _train(tmp / "d", "medical/classification.yaml", [
             f"--data.init_args.manifest={study['labels']}", "--data.init_args.val_fraction=0.25",

@@ -91,6 +91,34 @@ def test_logits_and_probabilities_at_input_resolution(head, size):
     assert torch.allclose(probs.sum(dim=1), torch.ones(2, *size), atol=1e-5)
 
 
+@pytest.mark.parametrize("scale,size", [(2, (32, 32)), (3, (13, 11))])
+def test_input_scale_runs_on_upsampled_pixels_and_averages_back(scale, size):
+    """input_scale s: the network sees each input pixel as an s x s block (nearest), and each
+    input pixel's logits are the mean over its block, computed here by hand from a task with
+    the same weights and no scaling."""
+    torch.manual_seed(0)
+    scaled = SegmentationTask(**SMALL, in_chans=2, num_classes=3, input_scale=scale).eval()
+    plain = SegmentationTask(**SMALL, in_chans=2, num_classes=3).eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(2, 2, *size)
+    big = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    with torch.no_grad():
+        got = scaled(x)
+        dense = plain(big)
+    assert got.shape == (2, 3, *size)
+    by_hand = dense.reshape(2, 3, size[0], scale, size[1], scale).mean(dim=(3, 5))
+    assert torch.allclose(got, by_hand, atol=1e-5)
+    # and not the same as running the network on the pixels as they are
+    with torch.no_grad():
+        assert not torch.allclose(got, plain(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_input_scale_must_be_a_whole_number_of_at_least_one(bad):
+    with pytest.raises(ValueError, match="input_scale must be a whole number >= 1"):
+        SegmentationTask(**SMALL, num_classes=2, input_scale=bad)
+
+
 def test_classifier_head_is_pruned_and_decoder_gets_full_lr(tmp_path):
     task = SegmentationTask(**SMALL, num_classes=3, lr=1e-3, layer_decay=0.5)
     names = dict(task.named_parameters())
