@@ -5,7 +5,7 @@
                                          [--label-mode binary|4class] [--seeds 0 1 2] [--set KEY=VALUE ...]
                                          [--pretrain-set KEY=VALUE ...]
     python benchmarks/accuracy.py ct     [--epochs 30] [--pretrain-epochs 0]
-    python benchmarks/accuracy.py landsat [--epochs 30] [--pretrain-epochs 0]
+    python benchmarks/accuracy.py landsat [--epochs 30] [--pretrain-epochs 0] [--tile 64] [--input-scale 1]
     add --results benchmarks/RESULTS.md to append the table, the date and the machine there.
 
 ELPV (the ``elpv-dataset`` package, ``pip install 'convnext-domains[demo]'``): the paper's
@@ -116,15 +116,18 @@ def ct_run(seed: int, epochs: int, pretrain_epochs: int, out: Path) -> dict:
     return medical.run(seed, epochs, "convnext_atto", out, pretrain=pretrain)
 
 
-def landsat_run(seed: int, epochs: int, pretrain_epochs: int, out: Path) -> dict:
+def landsat_run(seed: int, epochs: int, pretrain_epochs: int, out: Path, tile: int = 64,
+                input_scale: int = 1) -> dict:
     import agriculture
 
     pretrain: Callable | None = None
     if pretrain_epochs:
         def pretrain(dm, encoder):
             return fcmae_weights(dm, encoder, pretrain_epochs, 32, out)
-    result = agriculture.nc_landsat(out, epochs, "convnext_atto", 64, 64, seed=seed, pretrain=pretrain)
-    return {**result, **result["test"]}
+    result = agriculture.nc_landsat(out, epochs, "convnext_atto", tile, 64, seed=seed, pretrain=pretrain,
+                                    input_scale=input_scale)
+    baseline = {f"baseline{k[4:]}": v for k, v in result["baseline"].items()}
+    return {**result, **result["test"], **baseline}
 
 
 # ---- reporting -------------------------------------------------------------------------------
@@ -170,9 +173,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="ELPV: override of the pretraining config, repeatable")
     parser.add_argument("--epochs", type=int, default=30, help="CT / Landsat fine-tuning epochs")
     parser.add_argument("--pretrain-epochs", type=int, default=0, help="CT / Landsat FCMAE epochs (0: none)")
+    parser.add_argument("--tile", type=int, default=64, help="Landsat tile size in scene pixels (<= 64, the block)")
+    parser.add_argument("--input-scale", type=int, default=1,
+                        help="Landsat: the task's input_scale (tiles upsampled this many times)")
     parser.add_argument("--results", default=None, help="append the table to this markdown file")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.protocol == "landsat" and args.pretrain_epochs and (args.input_scale > 1 or args.tile % 32):
+        parser.error("Landsat FCMAE pretraining needs --tile a multiple of 32 and --input-scale 1")
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             elif args.protocol == "ct":
                 r = ct_run(seed, args.epochs, args.pretrain_epochs, run_out)
             else:
-                r = landsat_run(seed, args.epochs, args.pretrain_epochs, run_out)
+                r = landsat_run(seed, args.epochs, args.pretrain_epochs, run_out, args.tile, args.input_scale)
             rows.append({"seed": seed, **r})
             print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
 
@@ -204,9 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         columns = {"test/auroc": "AUROC", "test/op_sensitivity": "sensitivity @op",
                    "test/op_specificity": "specificity @op"}
     else:
-        title = (f"NC Landsat 7, held-out 64 px spatial blocks, convnext_atto + UPerNet, {args.epochs} epochs"
-                 + (f" after {args.pretrain_epochs} FCMAE epochs" if args.pretrain_epochs else " from scratch"))
-        columns = {"test/acc": "overall accuracy", "test/miou": "mIoU"}
+        title = (f"NC Landsat 7, held-out 64 px spatial blocks, convnext_atto + UPerNet, {args.tile} px tiles"
+                 + (f" upsampled {args.input_scale}x (input_scale)" if args.input_scale > 1 else "")
+                 + f", {args.epochs} epochs"
+                 + (f" after {args.pretrain_epochs} FCMAE epochs" if args.pretrain_epochs else " from scratch")
+                 + "; baseline: per-pixel logistic regression on the same training pixels")
+        columns = {"test/acc": "overall accuracy", "test/miou": "mIoU",
+                   "baseline/acc": "baseline OA", "baseline/miou": "baseline mIoU"}
     lines = [f"### {title}", "", f"{date.today().isoformat()} · {machine()} · "
              f"`python benchmarks/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              *table(rows, columns), ""]

@@ -46,8 +46,9 @@ class SegmentationTask(ConvNeXtTask):
     the coarsest stride (32) are zero-padded internally and the logits cropped back.
 
     Metrics per split, over labelled pixels only (``ignore_index`` excluded), from the argmax
-    class map: ``miou`` (mean IoU over all classes, background included; the checkpoint
-    monitor), ``iou_<class>``, ``acc`` (overall pixel accuracy), ``macc`` (mean per-class
+    class map: ``miou`` (mean IoU over the classes with true or predicted pixels in the split,
+    background included; the checkpoint monitor), ``iou_<class>`` (NaN when the split has no true and no predicted pixel of the
+    class), ``acc`` (overall pixel accuracy), ``macc`` (mean per-class
     accuracy) and ``f1`` (macro F1). ``test`` writes ``metrics.json`` with per-class IoU,
     precision, recall and the pixel confusion matrix.
 
@@ -165,7 +166,11 @@ class SegmentationTask(ConvNeXtTask):
         k, names, ignore = self.hparams.num_classes, self.class_names, self.hparams.ignore_index
         return MetricCollection({
             "miou": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore),
-            "iou": ClasswiseWrapper(MulticlassJaccardIndex(k, average=None, ignore_index=ignore),
+            # A class with no true and no predicted pixel in the split has no IoU: NaN (null
+            # in metrics.json), not torchmetrics' default 0.0, which reads as a failed class.
+            # The macro mean already leaves such classes out.
+            "iou": ClasswiseWrapper(MulticlassJaccardIndex(k, average=None, ignore_index=ignore,
+                                                           zero_division=float("nan")),
                                     labels=names, prefix="iou_"),
             "acc": MulticlassAccuracy(k, average="micro", ignore_index=ignore),
             "macc": MulticlassAccuracy(k, average="macro", ignore_index=ignore),

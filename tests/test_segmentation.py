@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -306,6 +307,23 @@ def test_test_run_writes_metrics_json_with_iou_and_pixel_confusion(tmp_path):
     assert report["num_labelled_pixels"] == 24 and report["ignore_index"] == IGNORE
     assert (tmp_path / "lightning_logs" / "version_0" / "confusion_matrix.png").stat().st_size > 0
     assert task.test_confusion.update_count == 0  # reset for the next test run
+
+
+def test_a_class_absent_from_the_split_has_no_iou_rather_than_zero(tmp_path):
+    """A class with no true and no predicted pixel in the split (e.g. a land-cover class that
+    only occurs in training blocks) has an undefined IoU: logged as NaN and written as null,
+    never 0.0 (which reads as "the model fails on it"); the mean IoU is over the other classes."""
+    task = OracleTask(**SMALL, in_chans=4, num_classes=4, class_names=[*IOU, "shrub"])
+    data = oracle_data()
+    data.images = torch.cat([data.images, torch.zeros_like(data.images[:, :1])], dim=1)
+    t = trainer(tmp_path, logger=CSVLogger(tmp_path))
+    results = t.test(task, DataLoader(data, batch_size=1))[0]
+    assert results["test/miou"] == pytest.approx(sum(IOU.values()) / 3)
+    assert results["test/iou_weed"] == pytest.approx(0.5)
+    assert math.isnan(results["test/iou_shrub"])
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "metrics.json").read_text())
+    assert report["metrics"]["iou_shrub"] is None and report["per_class_iou"]["shrub"] is None
+    assert report["per_class_iou"]["weed"] == pytest.approx(0.5)
 
 
 def test_predict_step_returns_probabilities_and_ids(tmp_path):
