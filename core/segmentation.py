@@ -47,9 +47,9 @@ class SegmentationTask(ConvNeXtTask):
 
     Metrics per split, over labelled pixels only (``ignore_index`` excluded), from the argmax
     class map: ``miou`` (mean IoU over the classes with true or predicted pixels in the split,
-    background included; the checkpoint monitor), ``iou_<class>`` (NaN when the split has no true and no predicted pixel of the
-    class), ``acc`` (overall pixel accuracy), ``macc`` (mean per-class
-    accuracy) and ``f1`` (macro F1). ``test`` writes ``metrics.json`` with per-class IoU,
+    background included; the checkpoint monitor), ``iou_<class>`` (NaN when the split has no
+    true and no predicted pixel of the class), ``acc`` (overall pixel accuracy), ``macc`` (mean
+    per-class accuracy) and ``f1`` (macro F1). ``test`` writes ``metrics.json`` with per-class IoU,
     precision, recall and the pixel confusion matrix.
 
     Args:
