@@ -126,7 +126,7 @@ def landsat_run(seed: int, epochs: int, pretrain_epochs: int, out: Path, tile: i
             return fcmae_weights(dm, encoder, pretrain_epochs, 32, out)
     result = agriculture.nc_landsat(out, epochs, "convnext_atto", tile, 64, seed=seed, pretrain=pretrain,
                                     input_scale=input_scale)
-    baseline = {f"baseline{k[4:]}": v for k, v in result["baseline"].items()}
+    baseline = {k.replace("test/", "baseline/"): v for k, v in result["baseline"].items()}
     return {**result, **result["test"], **baseline}
 
 
