@@ -484,3 +484,54 @@ def test_rgba_orthomosaic_alpha_marks_valid_pixels_and_is_not_a_channel(tmp_path
         image, valid = dm.source.stack.read(Window(0, 0, 32, 32))
     assert dm.source.stack.names == ["B1", "B2", "B3"] and "alpha band" in caplog.text
     assert not valid[:, :10].any() and valid[:, 10:].all() and np.isnan(image[:, :, :10]).all()
+
+
+# ---- labelled pixels on one band's nodata (NC Landsat: band 7 has a nodata area) ----------------
+def per_band_scene(tmp_path: Path, dead_cols: int) -> tuple[list[str], Path]:
+    """Three single-band files as Landsat ships them; band 3 alone is nodata (-9999, tagged) in
+    its first ``dead_cols`` columns. Dense labels: class 2 in columns 0-15, class 1 elsewhere."""
+    rng = np.random.default_rng(0)
+    bands = []
+    for b in range(3):
+        data = rng.uniform(100, 200, (1, 64, 64)).astype(np.float32)
+        if b == 2:
+            data[:, :, :dead_cols] = -9999
+        bands.append(str(write_tif(tmp_path / f"B{b + 1}.tif", data, nodata=-9999.0)))
+    codes = np.ones((1, 64, 64), dtype=np.uint8)
+    codes[:, :, :16] = 2
+    return bands, write_tif(tmp_path / "labels.tif", codes)
+
+
+def scene_bands_dm(bands: list[str], labels: Path) -> SceneSegmentationDataModule:
+    return SceneSegmentationDataModule(image=bands, labels=str(labels), class_values=[1, 2], tile_size=32,
+                                       block_size=32, batch_size=4, val_fraction=0.25, test_fraction=0.25)
+
+
+def test_labelled_pixels_on_nodata_are_not_counted(tmp_path, caplog):
+    bands, labels = per_band_scene(tmp_path, dead_cols=10)
+    with caplog.at_level(logging.WARNING):
+        dm = scene_bands_dm(bands, labels)
+        source = dm.source
+    # By hand: 64 rows x 10 dead columns of class 2 are never trained on or scored.
+    assert source.class_pixels.sum(axis=0).tolist() == [64 * 48, 64 * 6]
+    assert source.labelled_on_nodata == 640
+    assert "640 labelled pixel(s) lie where a band is nodata" in caplog.text
+    # The counts agree with the masks the network is trained and scored on.
+    from_masks = np.zeros(2, dtype=np.int64)
+    for i in range(len(source)):
+        mask = source.read(i)["mask"]
+        from_masks += np.bincount(mask[mask != 255], minlength=2)[:2]
+    assert from_masks.tolist() == source.class_pixels.sum(axis=0).tolist()
+    # The training split's counts (class weights, oversampling) use the same rule.
+    train = dm.train_class_counts()
+    expected = np.zeros(2, dtype=np.int64)
+    for i in dm.train_indices:
+        mask = source.read(int(i))["mask"]
+        expected += np.bincount(mask[mask != 255], minlength=2)[:2]
+    assert train == expected.tolist()
+
+
+def test_labels_only_on_nodata_is_a_clear_error(tmp_path):
+    bands, labels = per_band_scene(tmp_path, dead_cols=64)
+    with pytest.raises(DataError, match=r"every labelled pixel of '.*labels.tif' \(4096\) lies where a band"):
+        _ = scene_bands_dm(bands, labels).source

@@ -56,7 +56,9 @@ def test_nc_landsat_segmentation_end_to_end(tmp_path):
         predict_output=str(tmp_path / "nc_classes.tif"))
     # The label raster's CRS tag differs from the bands' while its grid is identical.
     assert "EPSG:3358" in dm.label_warnings[0]
-    assert dm.in_chans == 7 and dm.source.class_pixels.sum() == 2872
+    # 436 of the 2,872 labelled pixels lie on band 7's nodata area: not counted, trained or scored.
+    assert dm.in_chans == 7 and dm.source.class_pixels.sum() == 2872 - 436
+    assert dm.source.labelled_on_nodata == 436
     dm.setup("fit")
     blocks = {s: {dm.source.blocks[i] for i in idx} for s, idx in dm.splits.items()}
     assert not blocks["train"] & blocks["test"] and not blocks["val"] & blocks["test"]

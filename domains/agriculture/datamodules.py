@@ -250,6 +250,10 @@ class SceneSegmentationDataModule(_BandsMixin, ConvNeXtDataModule):
         source = SceneTileSource(stack, self.spec, label, h.tile_size, h.block_size,
                                  len(h.class_values), h.ignore_index, class_names=names)
         if source.class_pixels.sum() == 0:
+            if source.labelled_on_nodata:
+                raise DataError(f"every labelled pixel of '{h.labels}' ({source.labelled_on_nodata}) lies where "
+                                f"a band of '{h.image}' is nodata; check the bands' nodata values (`nodata`) "
+                                "and that the labels belong to this scene")
             raise DataError(f"label raster '{h.labels}' has no pixel with a value in class_values "
                             f"{list(h.class_values)}; check class_values and the label nodata")
         return source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from core.preprocess import normalize
 from domains.agriculture.bands import BandSpec, check_same_bands
 from domains.agriculture.drift import InputDrift
 from domains.agriculture.raster import LabelRaster, RasterStack
+
+log = logging.getLogger(__name__)
 
 
 def clip_mask(window: Window, clip: Window) -> np.ndarray:
@@ -52,11 +55,21 @@ class SceneTileSource(SampleSource):
                     self.blocks.append(b)
         ids = [f"r{int(w.row_off)}_c{int(w.col_off)}" for w in self.windows]
         self.class_pixels = np.zeros((len(self.windows), num_classes), dtype=np.int64)
+        # Labelled pixels where a band is nodata are never trained on or scored (read_window), so
+        # they must not count either: class weights, oversampling and strata use these counts.
+        self.labelled_on_nodata = 0
         if label is not None:
             for i, w in enumerate(self.windows):
-                mask = label.read(w)[clip_mask(w, self.block_windows[self.blocks[i]])]
-                mask = mask[mask != ignore_index]
-                self.class_pixels[i] = np.bincount(mask, minlength=num_classes)[:num_classes]
+                mask = label.read(w)
+                labelled = (mask != ignore_index) & clip_mask(w, self.block_windows[self.blocks[i]])
+                if labelled.any():  # the bands are read only where there is something to count
+                    valid = stack.read(w)[1]
+                    self.labelled_on_nodata += int((labelled & ~valid).sum())
+                    labelled &= valid
+                self.class_pixels[i] = np.bincount(mask[labelled], minlength=num_classes)[:num_classes]
+            if self.labelled_on_nodata:
+                log.warning("%d labelled pixel(s) lie where a band is nodata: they are not trained on, "
+                            "scored or counted", self.labelled_on_nodata)
         has = self.class_pixels.sum(axis=1) > 0
         super().__init__(ids, np.where(has, self.class_pixels.argmax(axis=1), -1), groups=self.blocks,
                          channel_names=spec.channel_names(stack), **facts)
