@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import elpv_errors  # noqa: E402
 import perf  # noqa: E402
 import pipelines  # noqa: E402
 import run_all  # noqa: E402
@@ -162,3 +163,17 @@ def test_pixel_baseline_reads_each_labelled_pixel_of_the_split_once(tmp_path, ti
         x, y = agriculture.split_pixels(dm, split)
         assert len(y) == x.shape[0] == expected and x.shape[1] == dm.in_chans
         assert set(np.unique(y)) <= {0, 1, 2}
+
+
+def test_elpv_flag_rates_by_hand():
+    # Levels 0..3 = expert defect probability 0, 1/3, 2/3, 1; level 2 has no poly cell.
+    levels = np.array([0, 0, 0, 1, 2, 3, 3, 3])
+    kinds = np.array(["mono", "poly", "poly", "mono", "mono", "mono", "poly", "poly"])
+    flagged = np.array([True, False, True, False, True, True, False, True])
+    rows = elpv_errors.flag_rates(levels, kinds, flagged)
+    assert rows == [
+        ("0 (functional)", "mono", 1, 1.0), ("0 (functional)", "poly", 2, 0.5), ("0 (functional)", "all", 3, 2 / 3),
+        ("1/3 (possibly)", "mono", 1, 0.0), ("1/3 (possibly)", "all", 1, 0.0),
+        ("2/3 (likely)", "mono", 1, 1.0), ("2/3 (likely)", "all", 1, 1.0),
+        ("1 (defective)", "mono", 1, 1.0), ("1 (defective)", "poly", 2, 0.5), ("1 (defective)", "all", 3, 2 / 3),
+    ]
