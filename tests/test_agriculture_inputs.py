@@ -535,3 +535,61 @@ def test_labels_only_on_nodata_is_a_clear_error(tmp_path):
     bands, labels = per_band_scene(tmp_path, dead_cols=64)
     with pytest.raises(DataError, match=r"every labelled pixel of '.*labels.tif' \(4096\) lies where a band"):
         _ = scene_bands_dm(bands, labels).source
+
+
+# ---- patch folders with the usual mess: edge tiles of nodata, odd bands, broken files --------------
+def messy_patch_folder(tmp_path: Path) -> Path:
+    """A EuroSAT-like folder as scene-tiling tools leave it: 5 good 4-band uint16 patches per class
+    (nodata 0 tagged), plus in ``forest`` an edge tile that is all nodata, in ``water`` a float32
+    tile of NaNs without a nodata tag, a 3-band patch and a file that is not a TIFF."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "patches"
+    for c, cls in enumerate(("forest", "water")):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            data = rng.integers(100 + 500 * c, 600 + 500 * c, (4, 16, 16)).astype(np.uint16)
+            write_tif(root / cls / f"{cls}_{i}.tif", data, nodata=0)
+    write_tif(root / "forest" / "edge_tile.tif", np.zeros((4, 16, 16), np.uint16), nodata=0)
+    write_tif(root / "water" / "nan_tile.tif", np.full((4, 16, 16), np.nan, np.float32))
+    write_tif(root / "water" / "rgb_only.tif", rng.integers(1, 255, (3, 16, 16)).astype(np.uint16))
+    (root / "water" / "broken.tif").write_bytes(b"not a tiff at all")
+    return root
+
+
+def test_patch_folder_bad_patches_error_names_each_or_are_skipped_and_reported(tmp_path, caplog):
+    from domains.agriculture import GeoTiffFolderDataModule
+
+    root = messy_patch_folder(tmp_path)
+    args = dict(root=str(root), image_size=16, batch_size=2, val_fraction=0.2, test_fraction=0.2)
+    with pytest.raises(DataError) as err:
+        _ = GeoTiffFolderDataModule(**args).source
+    message = str(err.value)
+    assert message.startswith("4 unreadable GeoTIFF files; replace or delete them, or set "
+                              "data.init_args.on_bad_file: skip")
+    for name, why in (("edge_tile.tif", "no valid pixel"), ("nan_tile.tif", "no valid pixel"),
+                      ("rgb_only.tif", "3 band(s)"), ("broken.tif", "cannot open raster")):
+        assert any(name in line and why in line for line in message.splitlines()), (name, message)
+
+    with caplog.at_level(logging.WARNING):
+        dm = GeoTiffFolderDataModule(**args, on_bad_file="skip")
+        source = dm.source
+    assert "skipped 4 unreadable GeoTIFF file(s)" in caplog.text
+    assert sorted(Path(p).name for p, _ in dm.skipped) == ["broken.tif", "edge_tile.tif", "nan_tile.tif",
+                                                            "rgb_only.tif"]
+    # The 10 good patches stay, each with the class of its own folder.
+    assert len(source) == 10
+    for path, label in zip(source.paths, source.labels, strict=True):
+        assert source.class_names[label] == Path(path).parent.name
+    dm.setup("fit")
+    dm.ensure_stats()
+    assert np.isfinite(np.asarray(dm.mean, dtype=float)).all()
+
+    # Files to predict on pass the same check against the training bands.
+    good = root / "forest" / "forest_0.tif"
+    predict = dm.predict_source([good, root / "forest" / "edge_tile.tif", root / "water" / "rgb_only.tif"])
+    assert [Path(p).name for p in predict.paths] == ["forest_0.tif"]
+    strict = GeoTiffFolderDataModule(**args, on_bad_file="skip")
+    strict.hparams.on_bad_file = "error"
+    strict._source = source
+    with pytest.raises(DataError, match=r"edge_tile.tif' has no valid pixel.*on_bad_file: skip"):
+        strict.predict_source([good, root / "forest" / "edge_tile.tif"])

@@ -12,6 +12,7 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.data import ConvNeXtDataModule, DataError, apply_transform, scan_class_folders
+from core.filescan import OnBadFile
 from core.transforms import eval_transform, train_transform
 from domains.agriculture.bands import check_same_bands
 from domains.agriculture.contract import GeoTiffPatchContract, GeoTiffSceneContract
@@ -24,6 +25,7 @@ from domains.agriculture.sources import (
     SceneTileSource,
     dominant_weights,
     profile_of,
+    scan_patches,
 )
 
 
@@ -343,6 +345,10 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         indices: spectral indices to append as channels (NDVI, NDWI, NDMI, NDBI, NBR, SAVI).
         augment: training augmentation level; ``dihedral`` (flips and 90° rotations) suits
             overhead imagery, which has no "up".
+        on_bad_file: every patch is read once before training; one that cannot be read, has
+            other bands than the rest, or has no valid pixel (all nodata: e.g. an edge tile of
+            a scene) stops with an error naming it (``error``) or is left out and listed in
+            ``skipped_files.csv`` (``skip``). Files to predict on are checked the same way.
         **kwargs: options of :class:`~core.data.ConvNeXtDataModule`.
     """
 
@@ -356,6 +362,7 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
         nodata: float | None = None,
         indices: list[str] | None = None,
         augment: Literal["none", "flips", "dihedral", "default", "strong"] = "dihedral",
+        on_bad_file: OnBadFile = "error",
         **kwargs: Any,
     ) -> None:
         super().__init__(augment=augment, **kwargs)
@@ -366,10 +373,13 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
     def build_source(self) -> PatchFolderSource:
         """One sample per patch; the class folders are the classes."""
         files, names, classes = scan_class_folders(self.hparams.root, (".tif", ".tiff"))
-        labels = np.array([classes.index(n) for n in names], dtype=np.int64)
-        return PatchFolderSource(files, labels, self.spec, class_names=classes)
+        usable = {str(p) for p in scan_patches(files, self.spec, self.hparams.on_bad_file, self.skipped)}
+        kept = [i for i, f in enumerate(files) if str(f) in usable]
+        labels = np.array([classes.index(names[i]) for i in kept], dtype=np.int64)
+        return PatchFolderSource([files[i] for i in kept], labels, self.spec, class_names=classes)
 
     def predict_source(self, paths: list[Path]) -> PatchFolderSource:
+        paths = scan_patches(paths, self.spec, self.hparams.on_bad_file, self.skipped, like=self.source.stack)
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,
                                  like=self.source.stack, reference=(self.mean, self.std))
 

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from core.data import SampleSource
+from core.errors import DataError
+from core.filescan import OnBadFile, check_files, log_skipped
 from core.preprocess import normalize
 from domains.agriculture.bands import BandSpec, check_same_bands
 from domains.agriculture.drift import InputDrift
@@ -130,6 +133,49 @@ class PatchFolderSource(SampleSource):
             return image
         finally:
             stack.close()
+
+
+def scan_patches(paths: Sequence[Path], spec: BandSpec, on_bad_file: OnBadFile,
+                 skipped: list[tuple[str, str]], like: RasterStack | None = None) -> list[Path]:
+    """The patches that can be used: each file is opened and read once, before any training.
+
+    A patch is bad when it cannot be opened or read, has other bands than ``like`` (training's
+    stack when predicting; else the first readable patch), or has no valid pixel (every pixel
+    nodata, masked or not finite: e.g. an edge tile cut from a scene). Bad patches follow
+    ``on_bad_file`` (:func:`core.filescan.check_files`): one error naming them, or left out and
+    reported.
+    """
+    reference: list[RasterStack | None] = [like]
+
+    def check(path: Path) -> Path:
+        stack = spec.open(str(path))
+        try:
+            if reference[0] is None:
+                reference[0] = stack
+            ref = reference[0]
+            check_same_bands(stack, ref.names, ref.file_band_count, str(path),
+                             "the training patches have" if like is not None else f"'{ref.paths[0]}' has")
+            try:
+                _, valid = spec.read(stack, Window(0, 0, stack.width, stack.height))
+            except rasterio.errors.RasterioError as err:
+                raise DataError(f"cannot read raster '{path}' ({err})") from err
+            if not valid.any():
+                raise DataError(f"'{path}' has no valid pixel (every pixel is nodata, masked or not finite)")
+            return path
+        finally:
+            if stack is not reference[0]:
+                stack.close()
+
+    before = len(skipped)
+    try:
+        kept = [p for p in check_files(paths, check, on_bad_file, skipped, "GeoTIFF file") if p is not None]
+    finally:
+        if like is None and reference[0] is not None:
+            reference[0].close()
+    log_skipped(skipped[before:], "GeoTIFF file")
+    if not kept:
+        raise DataError(f"none of the {len(paths)} GeoTIFF patches can be used (see the skipped files above)")
+    return kept
 
 
 def dominant_weights(class_pixels: np.ndarray, mode: str) -> np.ndarray:
