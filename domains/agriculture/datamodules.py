@@ -373,13 +373,14 @@ class GeoTiffFolderDataModule(_BandsMixin, ConvNeXtDataModule):
     def build_source(self) -> PatchFolderSource:
         """One sample per patch; the class folders are the classes."""
         files, names, classes = scan_class_folders(self.hparams.root, (".tif", ".tiff"))
-        usable = {str(p) for p in scan_patches(files, self.spec, self.hparams.on_bad_file, self.skipped)}
-        kept = [i for i, f in enumerate(files) if str(f) in usable]
+        usable = scan_patches(files, self.spec, self.hparams.on_bad_file, self.skipped)
+        kept = [i for i, ok in enumerate(usable) if ok]
         labels = np.array([classes.index(names[i]) for i in kept], dtype=np.int64)
         return PatchFolderSource([files[i] for i in kept], labels, self.spec, class_names=classes)
 
     def predict_source(self, paths: list[Path]) -> PatchFolderSource:
-        paths = scan_patches(paths, self.spec, self.hparams.on_bad_file, self.skipped, like=self.source.stack)
+        usable = scan_patches(paths, self.spec, self.hparams.on_bad_file, self.skipped, like=self.source.stack)
+        paths = [p for p, ok in zip(paths, usable, strict=True) if ok]
         return PatchFolderSource(paths, np.zeros(len(paths), dtype=np.int64), self.spec,
                                  like=self.source.stack, reference=(self.mean, self.std))
 

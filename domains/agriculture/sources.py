@@ -136,8 +136,8 @@ class PatchFolderSource(SampleSource):
 
 
 def scan_patches(paths: Sequence[Path], spec: BandSpec, on_bad_file: OnBadFile,
-                 skipped: list[tuple[str, str]], like: RasterStack | None = None) -> list[Path]:
-    """The patches that can be used: each file is opened and read once, before any training.
+                 skipped: list[tuple[str, str]], like: RasterStack | None = None) -> list[bool]:
+    """Whether each patch can be used: each file is opened and read once, before any training.
 
     A patch is bad when it cannot be opened or read, has other bands than ``like`` (training's
     stack when predicting; else the first readable patch), or has no valid pixel (every pixel
@@ -145,37 +145,37 @@ def scan_patches(paths: Sequence[Path], spec: BandSpec, on_bad_file: OnBadFile,
     ``on_bad_file`` (:func:`core.filescan.check_files`): one error naming them, or left out and
     reported.
     """
-    reference: list[RasterStack | None] = [like]
+    reference = like
 
-    def check(path: Path) -> Path:
+    def check(path: Path) -> bool:
+        nonlocal reference
         stack = spec.open(str(path))
+        if reference is None:
+            reference = stack
         try:
-            if reference[0] is None:
-                reference[0] = stack
-            ref = reference[0]
-            check_same_bands(stack, ref.names, ref.file_band_count, str(path),
-                             "the training patches have" if like is not None else f"'{ref.paths[0]}' has")
+            check_same_bands(stack, reference.names, reference.file_band_count, str(path),
+                             "the training patches have" if like is not None else f"'{reference.paths[0]}' has")
             try:
                 _, valid = spec.read(stack, Window(0, 0, stack.width, stack.height))
             except rasterio.errors.RasterioError as err:
                 raise DataError(f"cannot read raster '{path}' ({err})") from err
             if not valid.any():
                 raise DataError(f"'{path}' has no valid pixel (every pixel is nodata, masked or not finite)")
-            return path
+            return True
         finally:
-            if stack is not reference[0]:
+            if stack is not reference:
                 stack.close()
 
     before = len(skipped)
     try:
-        kept = [p for p in check_files(paths, check, on_bad_file, skipped, "GeoTIFF file") if p is not None]
+        usable = [ok is not None for ok in check_files(paths, check, on_bad_file, skipped, "GeoTIFF file")]
     finally:
-        if like is None and reference[0] is not None:
-            reference[0].close()
+        if like is None and reference is not None:
+            reference.close()
     log_skipped(skipped[before:], "GeoTIFF file")
-    if not kept:
+    if not any(usable):
         raise DataError(f"none of the {len(paths)} GeoTIFF patches can be used (see the skipped files above)")
-    return kept
+    return usable
 
 
 def dominant_weights(class_pixels: np.ndarray, mode: str) -> np.ndarray:
